@@ -1,0 +1,35 @@
+# jaxmath: `make run` and `make test` work on a machine with only python3 and make.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+PIP    := $(PY) -m pip --disable-pip-version-check -q
+
+.PHONY: run test test-slow bench lint clean
+
+$(VENV)/.runtime: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -e .
+	touch $@
+
+$(VENV)/.dev: $(VENV)/.runtime pyproject.toml
+	$(PIP) install -e '.[dev]'
+	touch $@
+
+run: $(VENV)/.runtime  ## the main job: a tour of every seed equation
+	$(PY) -m jaxmath.tour
+
+test: $(VENV)/.dev  ## the whole test suite, doctests and lint included (slow checks excluded)
+	$(PY) -m ruff check .
+	$(PY) -m pytest -m "not slow" -n 2
+
+test-slow: $(VENV)/.dev  ## the long accuracy checks
+	$(PY) -m pytest -m slow
+
+bench: $(VENV)/.dev  ## CPU benchmarks against the reference libraries
+	$(PY) -m benchmarks.run
+
+lint: $(VENV)/.dev
+	$(PY) -m ruff check .
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -1,0 +1,139 @@
+"""Argument checks shared by every public function.
+
+Shapes, dtypes and option strings are static under ``jax.jit``, so these checks
+run at trace time and raise the same ``ValueError``/``TypeError`` eagerly and
+inside a jitted function. Every message names the argument, what it got and
+what was expected.
+
+Value checks (is ``p`` a probability distribution?) need concrete values. They
+run when a function is called with ``validate=True``: eagerly they raise
+``ValueError``; on traced values they become ``jax.experimental.checkify``
+checks, reported when the caller wraps the function in ``checkify.checkify``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import checkify
+
+ArrayLike = jax.typing.ArrayLike
+
+# Tolerance for "sums to one" in validate=True checks, per dtype width.
+_SUM_TOL = {2: 1e-2, 4: 1e-4, 8: 1e-10}
+
+
+def as_float(x: ArrayLike, name: str) -> jax.Array:
+    """``x`` as a floating array: integers and bools become the default float dtype.
+
+    Raises TypeError for complex input or anything that is not array-like.
+    """
+    try:
+        arr = jnp.asarray(x)
+    except TypeError as e:
+        raise TypeError(f"{name} must be array-like, got {type(x).__name__}") from e
+    if jnp.issubdtype(arr.dtype, jnp.complexfloating):
+        raise TypeError(f"{name} must be real, got dtype {arr.dtype}")
+    if not jnp.issubdtype(arr.dtype, jnp.floating):
+        arr = arr.astype(jnp.result_type(float))
+    return arr
+
+
+def as_floats(*named: tuple[ArrayLike, str]) -> tuple[jax.Array, ...]:
+    """Several arrays converted with :func:`as_float` and promoted to one dtype."""
+    arrays = [as_float(x, name) for x, name in named]
+    dtype = jnp.result_type(*arrays)
+    return tuple(a.astype(dtype) for a in arrays)
+
+
+def check_ndim(x: jax.Array, name: str, ndim: int | Sequence[int] | None = None,
+               min_ndim: int | None = None) -> None:
+    """Raise ValueError unless ``x.ndim`` is ``ndim`` (or one of them) / at least ``min_ndim``."""
+    if ndim is not None:
+        allowed = (ndim,) if isinstance(ndim, int) else tuple(ndim)
+        if x.ndim not in allowed:
+            want = " or ".join(str(n) for n in allowed)
+            raise ValueError(f"{name} must have rank {want}, got shape {tuple(x.shape)}")
+    if min_ndim is not None and x.ndim < min_ndim:
+        raise ValueError(
+            f"{name} must have rank >= {min_ndim}, got shape {tuple(x.shape)}")
+
+
+def check_nonempty(x: jax.Array, name: str, axis: int | None = None) -> None:
+    """Raise ValueError if ``x`` has no elements (or none along ``axis``)."""
+    size = x.size if axis is None else x.shape[axis]
+    if size == 0:
+        where = "" if axis is None else f" along axis {axis}"
+        raise ValueError(f"{name} must not be empty{where}, got shape {tuple(x.shape)}")
+
+
+def check_axis(x: jax.Array, axis: int, name: str) -> int:
+    """Normalise ``axis`` for ``x``; ValueError if it is out of range."""
+    if not isinstance(axis, int | np.integer):
+        raise TypeError(f"axis must be an int, got {type(axis).__name__}")
+    if not -x.ndim <= axis < max(x.ndim, 1):
+        raise ValueError(
+            f"axis {axis} is out of range for {name} of shape {tuple(x.shape)}")
+    return int(axis) % max(x.ndim, 1)
+
+
+def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
+    """Raise ValueError unless ``a`` and ``b`` have the same shape."""
+    if a.shape != b.shape:
+        raise ValueError(
+            f"{name_a} and {name_b} must have the same shape, got "
+            f"{name_a}.shape={tuple(a.shape)} and {name_b}.shape={tuple(b.shape)}")
+
+
+def broadcast_shapes(*named: tuple[jax.Array, str]) -> tuple[int, ...]:
+    """The broadcast shape of the arrays; ValueError naming them all if there is none."""
+    try:
+        return tuple(np.broadcast_shapes(*(tuple(a.shape) for a, _ in named)))
+    except ValueError:
+        shapes = ", ".join(f"{n}.shape={tuple(a.shape)}" for a, n in named)
+        raise ValueError(f"shapes do not broadcast: {shapes}") from None
+
+
+def check_choice(value: object, name: str, choices: Iterable[object]) -> None:
+    """Raise ValueError unless ``value`` is one of ``choices``."""
+    choices = tuple(choices)
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices!r}, got {value!r}")
+
+
+def check_integer(x: jax.Array, name: str) -> None:
+    """Raise TypeError unless ``x`` has an integer dtype."""
+    if not jnp.issubdtype(x.dtype, jnp.integer):
+        raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
+
+
+def _is_concrete(x: jax.Array) -> bool:
+    return not isinstance(x, jax.core.Tracer)
+
+
+def check_values(ok: jax.Array, message: str) -> None:
+    """Require ``all(ok)``: ValueError eagerly, a checkify check under tracing."""
+    if _is_concrete(ok):
+        if not bool(jnp.all(ok)):
+            raise ValueError(message)
+    else:
+        checkify.check(jnp.all(ok), message)
+
+
+def check_distribution(p: jax.Array, name: str, axis: int = -1) -> None:
+    """Require entries in [0, 1] that sum to 1 along ``axis`` (see module docstring)."""
+    tol = _SUM_TOL[jnp.dtype(p.dtype).itemsize]
+    ok = (jnp.all((p >= 0) & (p <= 1))
+          & jnp.all(jnp.abs(jnp.sum(p, axis=axis) - 1) <= tol * p.shape[axis]))
+    check_values(ok, f"{name} must hold probabilities in [0, 1] summing to 1 along "
+                     f"axis {axis}; got shape {tuple(p.shape)} with values outside that")
+
+
+def check_probability(p: jax.Array, name: str) -> None:
+    """Require every entry of ``p`` to lie in [0, 1] (see module docstring)."""
+    check_values(jnp.all((p >= 0) & (p <= 1)),
+                 f"{name} must hold probabilities in [0, 1]; got shape "
+                 f"{tuple(p.shape)} with values outside that")
