@@ -1,0 +1,297 @@
+"""attention against torch scaled_dot_product_attention, jax.nn and the seed's example."""
+
+import hypothesis.extra.numpy as hnp
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import given
+from hypothesis import strategies as st
+from jax.test_util import check_grads
+
+from jaxmath.nn.attention import attention
+from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL
+
+BF16_ATOL = 3e-2  # bfloat16 inputs (8-bit mantissa) against a float32 reference
+
+
+def _normal(rng, *shape, dtype=np.float32):
+    return rng.normal(size=shape).astype(dtype)
+
+
+def _qkv(rng, b=2, h=3, lq=5, lk=7, d=4, dv=6, dtype=np.float32):
+    return (_normal(rng, b, h, lq, d, dtype=dtype), _normal(rng, b, h, lk, d, dtype=dtype),
+            _normal(rng, b, h, lk, dv, dtype=dtype))
+
+
+def _t(x):
+    return torch.from_numpy(np.asarray(x))
+
+
+def _sdpa(q, k, v, **kw):
+    kw = {n: _t(a) if isinstance(a, np.ndarray) else a for n, a in kw.items()}
+    return F.scaled_dot_product_attention(_t(q), _t(k), _t(v), **kw).numpy()
+
+
+def _random_mask(rng, shape):
+    """A random boolean mask with at least one True per row (torch gives NaN otherwise)."""
+    mask = rng.uniform(size=shape) < 0.6
+    mask[..., 0] = True
+    return mask
+
+
+# --------------------------------------------------------------------------- values
+
+def test_seed_example_matches_torch():
+    Q = torch.tensor([[1., 0.], [0., 1.]])
+    K = torch.tensor([[1., 1.], [1., 0.]])
+    V = torch.tensor([[0., 1.], [1., 0.]])
+    # The seed's own PyTorch function.
+    scores = torch.matmul(Q, K.transpose(-2, -1)) / torch.sqrt(torch.tensor(2.0))
+    expected = torch.matmul(torch.softmax(scores, dim=-1), V).numpy()
+    np.testing.assert_allclose(expected, _sdpa(Q.numpy(), K.numpy(), V.numpy()),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    out = attention(Q.numpy(), K.numpy(), V.numpy())
+    np.testing.assert_allclose(out, expected, rtol=F32_LOOSE, atol=F32_LOOSE)
+
+
+@pytest.mark.parametrize("lq,lk", [(5, 7), (7, 4), (1, 6)])
+def test_matches_torch_sdpa(rng, lq, lk):
+    q, k, v = _qkv(rng, lq=lq, lk=lk)
+    np.testing.assert_allclose(attention(q, k, v), _sdpa(q, k, v), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+    mask = _random_mask(rng, (2, 1, lq, lk))  # broadcast over heads
+    np.testing.assert_allclose(attention(q, k, v, mask=mask), _sdpa(q, k, v, attn_mask=mask),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    bias = _normal(rng, 1, 3, lq, lk)
+    np.testing.assert_allclose(attention(q, k, v, bias=bias), _sdpa(q, k, v, attn_mask=bias),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_allclose(attention(q, k, v, scale=0.3), _sdpa(q, k, v, scale=0.3),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    # Both a boolean mask and a bias: torch takes them as one additive mask.
+    combined = np.where(mask, bias, -np.inf).astype(np.float32)
+    np.testing.assert_allclose(attention(q, k, v, mask=mask, bias=bias),
+                               _sdpa(q, k, v, attn_mask=combined), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+
+
+@pytest.mark.parametrize("lq,lk", [(5, 5), (3, 6), (6, 3)])
+def test_causal_is_top_left_aligned_like_torch(rng, lq, lk):
+    q, k, v = _qkv(rng, lq=lq, lk=lk)
+    out = attention(q, k, v, is_causal=True)
+    np.testing.assert_allclose(out, _sdpa(q, k, v, is_causal=True), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+    tril = np.tril(np.ones((lq, lk), bool))
+    np.testing.assert_allclose(out, attention(q, k, v, mask=tril), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+    # Combined with a mask by logical and.
+    mask = _random_mask(rng, (lq, lk))
+    np.testing.assert_allclose(attention(q, k, v, mask=mask, is_causal=True),
+                               _sdpa(q, k, v, attn_mask=mask & tril), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+
+
+def test_matches_jax_nn_dot_product_attention(rng):
+    # jax.nn uses [B, T, N, H]; jaxmath uses [..., L, d], i.e. [B, N, T, H].
+    q, k, v = _qkv(rng, lq=6, lk=6, d=4, dv=4)
+    mask = _random_mask(rng, (2, 3, 6, 6))
+    bias = _normal(rng, 2, 3, 6, 6)
+
+    def to_btnh(x):
+        return jnp.swapaxes(x, 1, 2)
+
+    for kw in ({"mask": mask, "bias": bias}, {"is_causal": True}):
+        ref = jax.nn.dot_product_attention(to_btnh(q), to_btnh(k), to_btnh(v), **kw)
+        np.testing.assert_allclose(attention(q, k, v, **kw), to_btnh(ref), rtol=F32_LOOSE,
+                                   atol=F32_LOOSE)
+    # On a fully masked query jax.nn (a large finite negative logit) averages the values
+    # uniformly; jaxmath gives zeros.
+    mask[0, 1, 2] = False
+    ref = to_btnh(jax.nn.dot_product_attention(to_btnh(q), to_btnh(k), to_btnh(v), mask=mask))
+    out = attention(q, k, v, mask=mask)
+    np.testing.assert_allclose(ref[0, 1, 2], v[0, 1].mean(0), rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_array_equal(out[0, 1, 2], 0.0)
+    np.testing.assert_allclose(np.delete(out[0, 1], 2, 0), np.delete(ref[0, 1], 2, 0),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+
+
+def test_leading_axes_broadcast(rng):
+    q = _normal(rng, 2, 4, 5, 3)
+    k, v = _normal(rng, 2, 1, 6, 3), _normal(rng, 1, 6, 2)  # shared over heads / batch
+    out = attention(q, k, v)
+    assert out.shape == (2, 4, 5, 2)
+    np.testing.assert_allclose(
+        out, attention(q, np.broadcast_to(k, (2, 4, 6, 3)), np.broadcast_to(v, (2, 4, 6, 2))),
+        rtol=F32_LOOSE, atol=F32_LOOSE)
+    # A key-padding mask [Lk] and an unbatched query with a batched mask.
+    pad = np.array([True, True, True, False, False, True])
+    np.testing.assert_allclose(attention(q, k, v, mask=pad),
+                               attention(q, k[..., pad, :], v[..., pad, :]), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+    masks = _random_mask(rng, (3, 1, 5, 6))
+    assert attention(q[0, 0], k[0, 0], v[0], mask=masks).shape == (3, 1, 5, 2)
+
+
+@given(hnp.arrays(np.float32, (3, 4), elements=st.floats(-3, 3, width=32)),
+       hnp.arrays(np.float32, (5, 4), elements=st.floats(-3, 3, width=32)),
+       st.permutations(range(5)))
+def test_laws_convex_combination_and_key_permutation(q, k, perm):
+    v = np.arange(10.0, dtype=np.float32).reshape(5, 2)
+    out = attention(q, k, v)
+    # Each output row is a convex combination of the value rows.
+    assert np.all(out >= v.min(0) - F32_LOOSE) and np.all(out <= v.max(0) + F32_LOOSE)
+    np.testing.assert_allclose(attention(q, k, np.ones((5, 3))), np.ones((3, 3)),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    # Permuting keys and values together changes nothing.
+    perm = np.array(perm)
+    np.testing.assert_allclose(attention(q, k[perm], v[perm]), out, rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+
+
+# --------------------------------------------------------------------------- masked rows
+
+def test_fully_masked_rows_give_zeros_and_zero_gradients(rng):
+    q, k, v = _qkv(rng, lq=4, lk=5)
+    mask = _random_mask(rng, (2, 3, 4, 5))
+    mask[0, 1, 2] = False       # one query sees no key
+    mask[1, :, 0] = False       # and another in every head
+    bias = _normal(rng, 2, 3, 4, 5)
+    inf_bias = np.where(mask, bias, -np.inf).astype(np.float32)
+    masked = ~mask.any(-1)
+    for kw in ({"mask": mask}, {"bias": inf_bias}, {"mask": mask, "bias": bias}):
+        out = attention(q, k, v, **kw)
+        assert np.all(np.isfinite(out))
+        np.testing.assert_array_equal(np.asarray(out)[masked], 0.0)
+        # torch 2.13's SDPA also gives zeros there (a plain softmax, as in the seed, gives NaN).
+        ref = _sdpa(q, k, v, attn_mask=inf_bias if "bias" in kw else mask)
+        np.testing.assert_allclose(out, ref, rtol=F32_LOOSE, atol=F32_LOOSE)
+        naive = torch.softmax(_t(q) @ _t(k).transpose(-1, -2) / 2 + _t(inf_bias), -1) @ _t(v)
+        assert np.all(np.isnan(naive.numpy()[masked]))
+
+    def loss(q, k, v, bias):
+        return jnp.sum(attention(q, k, v, mask=mask, bias=bias) ** 2)
+
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+    for g in grads:
+        assert np.all(np.isfinite(g))
+    np.testing.assert_array_equal(np.asarray(grads[0])[masked], 0.0)  # d/dq of masked queries
+    np.testing.assert_array_equal(np.asarray(grads[3])[~mask], 0.0)   # d/dbias of masked keys
+    g_inf = jax.grad(lambda b: jnp.sum(attention(q, k, v, bias=b)))(inf_bias)
+    assert np.all(np.isfinite(g_inf))
+    np.testing.assert_array_equal(np.asarray(g_inf)[~mask], 0.0)
+
+
+def test_large_negative_bias_is_not_a_mask(rng):
+    # A finite bias of -1e9 on every key is a uniform average, as in torch; -inf is a mask.
+    q, k, v = _qkv(rng, b=1, h=1, lq=2, lk=3)
+    bias = np.full((2, 3), -1e9, np.float32)
+    np.testing.assert_allclose(attention(q, k, v, bias=bias), _sdpa(q, k, v, attn_mask=bias),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_array_equal(attention(q, k, v, bias=np.full((2, 3), -np.inf)), 0.0)
+
+
+# --------------------------------------------------------------------------- gradients
+
+def test_gradients_match_torch_autograd(rng, x64):
+    q, k, v = _qkv(rng, lq=4, lk=5, dtype=np.float64)
+    mask = _random_mask(rng, (2, 1, 4, 5))
+    mask[1, 0, 3] = False  # a fully masked query: zero gradients in both libraries
+    bias = _normal(rng, 3, 4, 5, dtype=np.float64)
+    w = _normal(rng, 2, 3, 4, 6, dtype=np.float64)
+
+    def loss(q, k, v, bias):
+        return jnp.sum(w * attention(q, k, v, mask=mask, bias=bias, scale=0.7))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+    tq, tk, tv, tb = (torch.tensor(a, requires_grad=True) for a in (q, k, v, bias))
+    additive = tb.masked_fill(~_t(mask), -torch.inf)
+    out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=additive, scale=0.7)
+    (out * _t(w)).sum().backward()
+    for g, t in zip(grads, (tq, tk, tv, tb), strict=True):
+        np.testing.assert_allclose(g, t.grad.numpy(), rtol=F64_RTOL, atol=F64_ATOL)
+
+
+def test_check_grads(rng, x64):
+    q, k, v = _qkv(rng, b=1, h=2, lq=3, lk=4, d=2, dv=2, dtype=np.float64)
+    bias = _normal(rng, 3, 4, dtype=np.float64)
+    mask = np.array([[True, False, True, True], [False] * 4, [True] * 4])
+    check_grads(jax.jit(lambda q, k, v, b: attention(q, k, v, mask=mask, bias=b,
+                                                     is_causal=True)),
+                (q, k, v, bias), order=1, modes=("fwd", "rev"), rtol=GRAD_RTOL)
+
+
+# --------------------------------------------------------------------------- transforms, dtypes
+
+def test_jit_and_vmap(rng):
+    q, k, v = _qkv(rng, lq=4, lk=6)
+    mask = _random_mask(rng, (2, 3, 4, 6))
+    eager = attention(q, k, v, mask=mask, is_causal=True)
+    jitted = jax.jit(attention, static_argnames="is_causal")(q, k, v, mask, is_causal=True)
+    np.testing.assert_allclose(jitted, eager, rtol=F32_LOOSE, atol=F32_LOOSE)
+    vmapped = jax.vmap(lambda q, k, v, m: attention(q, k, v, mask=m, is_causal=True))(
+        q, k, v, mask)
+    loop = np.stack([attention(q[i], k[i], v[i], mask=mask[i], is_causal=True)
+                     for i in range(2)])
+    np.testing.assert_allclose(vmapped, loop, rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_allclose(vmapped, eager, rtol=F32_LOOSE, atol=F32_LOOSE)
+
+
+def test_dtypes(rng, x64):
+    q, k, v = _qkv(rng, lq=3, lk=4, dtype=np.float64)
+    assert attention(q, k, v).dtype == jnp.float64
+    np.testing.assert_allclose(attention(q, k, v), _sdpa(q, k, v), rtol=F64_RTOL,
+                               atol=F64_ATOL)
+    assert attention(q.astype(np.float32), k.astype(np.float32), v.astype(np.float32),
+                     scale=0.5).dtype == jnp.float32
+
+
+def test_bfloat16_inputs_use_float32_softmax(rng):
+    q, k, v = (jnp.asarray(a, jnp.bfloat16) for a in _qkv(rng, lq=8, lk=8, d=16, dv=8))
+    out = attention(q, k, v, is_causal=True)
+    assert out.dtype == jnp.bfloat16
+    ref = attention(*(a.astype(jnp.float32) for a in (q, k, v)), is_causal=True)
+    np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=BF16_ATOL)
+    # Large logits (scale 10 on d = 16) stay finite: the softmax runs in float32.
+    big = attention(q, k, v, scale=10.0)
+    assert np.all(np.isfinite(big.astype(jnp.float32)))
+
+
+# --------------------------------------------------------------------------- bad inputs
+
+Q, KV = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4))
+BAD_INPUTS = [
+    (lambda: attention(Q, jnp.ones((2, 5, 3)), KV), ValueError,
+     r"same feature size d.*\(2, 5, 3\)"),
+    (lambda: attention(Q, KV, jnp.ones((2, 6, 4))), ValueError,
+     r"same number of keys Lk.*\(2, 6, 4\)"),
+    (lambda: attention(jnp.ones(4), KV, KV), ValueError, "q must have rank >= 2"),
+    (lambda: attention(Q, KV, jnp.ones(4)), ValueError, "v must have rank >= 2"),
+    (lambda: attention(jnp.ones((3, 3, 4)), KV, KV), ValueError, "leading .* do not broadcast"),
+    (lambda: attention(Q, KV, KV, mask=jnp.ones((3, 4), bool)), ValueError,
+     r"the scores \[..., Lq, Lk\] and mask do not broadcast"),
+    (lambda: attention(Q, KV, KV, mask=jnp.ones((7, 1, 5), bool)), ValueError,
+     "do not broadcast"),
+    (lambda: attention(jnp.ones((2, 1, 4)), KV, KV, mask=jnp.ones((3, 5), bool)), ValueError,
+     r"mask must broadcast to the scores.*\[..., 1, 5\]"),
+    (lambda: attention(Q, KV, KV, mask=jnp.ones((3, 5))), TypeError, "mask must be boolean"),
+    (lambda: attention(Q, KV, KV, mask=jnp.ones((3, 5), jnp.int32)), TypeError,
+     "pass an additive float mask as bias"),
+    (lambda: attention(Q, KV, KV, bias=jnp.ones((4, 5))), ValueError, "bias do not broadcast"),
+    (lambda: attention(Q, KV, KV, is_causal=1), TypeError, "is_causal must be a Python bool"),
+    (lambda: attention(Q, KV, KV, scale=jnp.ones(2)), ValueError, "scale must be a scalar"),
+    (lambda: attention(jnp.ones((2, 3, 0)), jnp.ones((2, 5, 0)), KV), ValueError,
+     "q must not be empty along axis -1"),
+    (lambda: attention(Q, jnp.ones((2, 0, 4)), jnp.ones((2, 0, 4))), ValueError,
+     "k must not be empty along axis -2"),
+    (lambda: attention(Q * 1j, KV, KV), TypeError, "q must be real"),
+    (lambda: jax.jit(attention)(Q, KV, jnp.ones((2, 6, 4))), ValueError, "same number of keys"),
+    (lambda: jax.jit(attention)(Q, KV, KV, jnp.ones((3, 5))), TypeError, "mask must be boolean"),
+]
+
+
+@pytest.mark.parametrize("call,exc,msg", BAD_INPUTS)
+def test_bad_inputs(call, exc, msg):
+    with pytest.raises(exc, match=msg):
+        call()
