@@ -1,0 +1,153 @@
+r"""Softmax and log-softmax, stable for large logits, with an optional mask.
+
+Both subtract the (masked) maximum before exponentiating, so any finite
+logits (say :math:`\pm 10^4` in float32) neither overflow nor give 0/0.
+Arithmetic runs in float32 at least (bfloat16 and float16 inputs are upcast
+internally) and the result is cast back to the input dtype.
+
+Contract for masked-out rows, relied on by attention: a row in which every
+entry is masked out by ``where`` (or is ``-inf``) has softmax exactly 0 and
+log-softmax exactly ``-inf``, with no NaN, and zero gradients.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from jaxmath import _checks
+
+ArrayLike = jax.typing.ArrayLike
+
+
+def _mask(where: ArrayLike | None, shape: tuple[int, ...], target: str) -> jax.Array | None:
+    """``where`` checked as a boolean mask that broadcasts to ``shape`` (None stays None).
+
+    Shared with :mod:`jaxmath.losses`.
+    """
+    if where is None:
+        return None
+    mask = jnp.asarray(where)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"where must be a boolean mask (True = include), got dtype {mask.dtype}")
+    target_struct = jax.ShapeDtypeStruct(shape, jnp.float32)
+    if _checks.broadcast_shapes((target_struct, target), (mask, "where")) != tuple(shape):
+        raise ValueError(f"where must broadcast to the shape of {target} {tuple(shape)}, got "
+                         f"where.shape={tuple(mask.shape)}")
+    return mask
+
+
+def _prepare(z: ArrayLike, axis: int, where: ArrayLike | None):
+    """Checked float logits, the normalised axis and the boolean mask (or None)."""
+    z = _checks.as_float(z, "z")
+    axis = _checks.check_axis(z, axis, "z")
+    return z, axis, _mask(where, tuple(z.shape), "z")
+
+
+def _shifted(z: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
+    """``z - max(z)`` along ``axis`` over the included entries; excluded entries are -inf.
+
+    Computed in float32 at least. The maximum starts from the most negative finite
+    number instead of -inf, so a row with no finite included entry stays at -inf
+    instead of becoming ``-inf - (-inf) = NaN``. The maximum is a constant shift
+    (softmax is invariant to it), so no gradient flows through it.
+
+    Only max, subtract, exp, sum and divide appear on the unmasked path, with no
+    compare or select: XLA:CPU then fuses the whole softmax into one vectorised
+    kernel, as it does for ``jax.nn.softmax``.
+    """
+    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
+    if mask is not None:
+        z = jnp.where(mask, z, -jnp.inf)
+    m = jnp.max(z, axis=axis, keepdims=True, initial=jnp.finfo(z.dtype).min)
+    return z - jax.lax.stop_gradient(m)
+
+
+def _row_sum(e: jax.Array, axis: int) -> jax.Array:
+    """``sum(e)`` along ``axis``, clamped below at 1/2.
+
+    With ``e = exp(z - max z)`` the sum is >= 1 on every row with an included finite
+    entry (the maximum contributes ``e^0 = 1``), so the clamp only acts on empty rows,
+    where ``e = 0`` and ``s = 0``: there it gives ``0 / (1/2) = 0`` and keeps ``1/s``
+    and ``1/s^2`` in the gradients finite. (A clamp at ``tiny`` would overflow 1/s^2;
+    one at 1 would tie with s = 1 and halve the gradient.)
+    """
+    return jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 0.5)
+
+
+def softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Softmax of logits ``z`` along ``axis``.
+
+    .. math:: \sigma(z)_i = \frac{e^{z_i - m}}{\sum_{j \in W} e^{z_j - m}},
+       \qquad m = \max_{j \in W} z_j,
+
+    where :math:`W` is the set of entries selected by ``where`` (all by default).
+
+    Args:
+      z: ``[..., n, ...]`` logits; integer inputs are converted to float.
+      axis: the axis to normalise over.
+      where: optional boolean mask broadcastable to ``z.shape``; True = include
+        (jax.nn's rule). Excluded entries get probability 0.
+
+    Returns:
+      An array of the shape and dtype of ``z`` (float32 for integer input) whose
+      included entries along ``axis`` sum to 1. ``-inf`` logits get probability 0.
+      A row with no included entry, or whose included entries are all ``-inf``,
+      is all zeros (not NaN, not uniform) and has zero gradient. ``+inf`` or NaN
+      logits give NaN, as in jax.nn and PyTorch. Gradients are those of the exact
+      softmax, :math:`\partial\sigma_i/\partial z_j = \sigma_i(\delta_{ij} - \sigma_j)`,
+      and 0 with respect to excluded entries.
+
+    Example:
+      >>> print(softmax(jnp.array([1.0, 2.0, 3.0])).tolist())
+      [0.0900, 0.2447, 0.6652]
+      >>> mask = jnp.array([[True, True], [False, False]])  # second row fully masked
+      >>> print(softmax(jnp.array([[1.0, 2.0], [3.0, 4.0]]), where=mask).tolist())
+      [[0.2689, 0.7311], [0.0, 0.0]]
+    """
+    return _softmax(*_prepare(z, axis, where))
+
+
+@partial(jax.jit, static_argnames="axis")
+def _softmax(z: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
+    e = jnp.exp(_shifted(z, axis, mask))
+    return (e / _row_sum(e, axis)).astype(z.dtype)
+
+
+def log_softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> jax.Array:
+    r"""Logarithm of the softmax of ``z`` along ``axis``, computed in log space.
+
+    .. math:: \log\sigma(z)_i = (z_i - m) - \log \sum_{j \in W} e^{z_j - m},
+       \qquad m = \max_{j \in W} z_j.
+
+    Args:
+      z: ``[..., n, ...]`` logits; integer inputs are converted to float.
+      axis: the axis to normalise over.
+      where: optional boolean mask broadcastable to ``z.shape``; True = include.
+
+    Returns:
+      An array of the shape and dtype of ``z`` (float32 for integer input).
+      Excluded entries and ``-inf`` logits give ``-inf``; a row with no included
+      finite entry is all ``-inf`` (no NaN) with zero gradient. Elsewhere the
+      gradient is :math:`\partial\log\sigma_i/\partial z_j = \delta_{ij} - \sigma_j`,
+      finite even for logits of :math:`\pm 10^4`.
+
+    Example:
+      >>> print(log_softmax(jnp.array([1.0, 2.0, 3.0])).tolist())
+      [-2.4076, -1.4076, -0.4076]
+      >>> print(log_softmax(jnp.array([0.0, 1e4])))
+      [-10000.      0.]
+    """
+    return _log_softmax(*_prepare(z, axis, where))
+
+
+@partial(jax.jit, static_argnames="axis")
+def _log_softmax(z: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
+    shifted = _shifted(z, axis, mask)
+    s = _row_sum(jnp.exp(shifted), axis)
+    out = shifted - jnp.log(s)
+    # Empty rows are already -inf; the select makes them a constant (zero gradient).
+    keep = s >= 1 if mask is None else (s >= 1) & mask
+    return jnp.where(keep, out, -jnp.inf).astype(z.dtype)
