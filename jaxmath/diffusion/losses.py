@@ -1,0 +1,151 @@
+r"""The denoising loss: mean squared error on the chosen target, optionally min-SNR-γ weighted.
+
+DDPM's simple loss (Ho et al., 2020, eq. 14) regresses the noise,
+:math:`\mathbb{E}_{t, x_0, \epsilon} \|\epsilon - \hat\epsilon(x_t, t)\|^2`; the same loss
+on :math:`x_0` or :math:`v` weights the timesteps differently, because for a fixed
+:math:`x_t` the three errors are proportional:
+
+.. math:: \|\epsilon - \hat\epsilon\|^2 = \mathrm{SNR}_t\, \|x_0 - \hat x_0\|^2, \qquad
+   \|v - \hat v\|^2 = (\mathrm{SNR}_t + 1)\, \|x_0 - \hat x_0\|^2.
+
+Min-SNR-γ (Hang et al., 2023, "Efficient Diffusion Training via Min-SNR Weighting
+Strategy", eq. 11) weights every step as :math:`\min(\mathrm{SNR}_t, \gamma)\,
+\|x_0 - \hat x_0\|^2`, whatever the model predicts.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+
+from jaxmath import _checks
+from jaxmath.diffusion.parameterization import _prediction_target, _prediction_type
+from jaxmath.diffusion.schedules import NoiseSchedule, _scalar, _timesteps
+
+ArrayLike = jax.typing.ArrayLike
+
+__all__ = ["diffusion_loss", "min_snr_weight"]
+
+
+def min_snr_weight(schedule: NoiseSchedule, t: ArrayLike, gamma: ArrayLike = 5.0,
+                   prediction_type: str = "epsilon", *, validate: bool = False) -> jax.Array:
+    r"""Min-SNR-γ loss weights (Hang et al., 2023) for the loss on ``prediction_type``.
+
+    .. math:: w_t = \begin{cases} \min(\mathrm{SNR}_t, \gamma) / \mathrm{SNR}_t
+       = \min(1, \gamma / \mathrm{SNR}_t) & \texttt{"epsilon"} \\
+       \min(\mathrm{SNR}_t, \gamma) & \texttt{"sample"} \\
+       \min(\mathrm{SNR}_t, \gamma) / (\mathrm{SNR}_t + 1) & \texttt{"v\_prediction"}
+       \end{cases}
+
+    so that :math:`w_t \|\text{target} - \text{prediction}\|^2 = \min(\mathrm{SNR}_t,
+    \gamma) \|x_0 - \hat x_0\|^2` for every type (the formulas of diffusers'
+    ``train_text_to_image.py``).
+
+    Args:
+      schedule: the noise schedule.
+      t: integer timesteps in ``[0, T)``, a scalar or ``[B]``.
+      gamma: :math:`\gamma > 0`; the paper uses 5.
+      prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+      validate: check traced ``t`` too (checkify).
+
+    Returns:
+      The weights, shaped like ``t``. At zero terminal SNR (:math:`\mathrm{SNR} = 0`) the
+      epsilon weight is its limit 1, not 0/0. The gradient with respect to ``gamma`` is
+      1/SNR, 1 or 1/(SNR + 1) (epsilon, sample, v) where SNR > gamma, else 0.
+
+    Example:
+      >>> from jaxmath.diffusion.schedules import from_betas
+      >>> s = from_betas(jnp.array([0.1, 0.5, 0.9]))  # SNR = 9, 0.818..., 0.0473...
+      >>> min_snr_weight(s, jnp.array([0, 1, 2]), 5.0, "epsilon")
+      Array([0.5555556, 1.       , 1.       ], dtype=float32)
+      >>> min_snr_weight(s, jnp.array([0, 1, 2]), 5.0, "sample")
+      Array([5.    , 0.8182, 0.0471], dtype=float32)
+    """
+    prediction_type = _prediction_type(prediction_type)
+    t = _timesteps(schedule, t, None, validate=validate)
+    return _min_snr_weight(schedule, t, _gamma(gamma), prediction_type)
+
+
+def _gamma(gamma: ArrayLike) -> jax.Array:
+    gamma, value = _scalar(gamma, "gamma")
+    if value is not None and not value > 0:
+        raise ValueError(f"gamma must be > 0, got {value}")
+    return gamma
+
+
+@partial(jax.jit, static_argnums=3)
+def _min_snr_weight(schedule: NoiseSchedule, t: jax.Array, gamma: jax.Array,
+                    prediction_type: str) -> jax.Array:
+    snr_t = schedule.snr[t]
+    gamma = gamma.astype(snr_t.dtype)
+    if prediction_type == "epsilon":
+        return jnp.minimum(1, gamma / snr_t)
+    clipped = jnp.minimum(snr_t, gamma)
+    return clipped if prediction_type == "sample" else clipped / (snr_t + 1)
+
+
+def diffusion_loss(schedule: NoiseSchedule, model_output: ArrayLike, x0: ArrayLike,
+                   noise: ArrayLike, t: ArrayLike, prediction_type: str = "epsilon", *,
+                   min_snr_gamma: ArrayLike | None = None,
+                   validate: bool = False) -> jax.Array:
+    r"""The denoising loss: mean squared error on the target of ``prediction_type``.
+
+    .. math:: \mathcal{L} = \frac{1}{B} \sum_{b=1}^{B} w_{t_b}\, \frac{1}{D}
+       \big\|\text{target}_b - \text{model\_output}_b\big\|^2
+
+    with the target of :func:`~jaxmath.diffusion.parameterization.prediction_target`
+    (:math:`\epsilon`, :math:`x_0` or :math:`v` for the :math:`x_t` that ``q_sample`` makes
+    from ``x0``, ``noise`` and ``t``), :math:`D` the number of elements of one example, and
+    :math:`w = 1` (DDPM's :math:`L_\text{simple}`) or, with ``min_snr_gamma``, the
+    :func:`min_snr_weight` of Hang et al. (2023). As in diffusers, the weights multiply
+    the per-example errors and the mean is over the batch (not divided by the weights' sum).
+
+    Args:
+      schedule: the noise schedule.
+      model_output: ``[B, ...]`` the model's prediction from :math:`x_t`.
+      x0: ``[B, ...]`` clean data.
+      noise: ``[B, ...]`` the noise :math:`\epsilon` that made :math:`x_t`.
+      t: integer timesteps in ``[0, T)``: ``[B]`` (or a scalar for all).
+      prediction_type: ``"epsilon"``, ``"sample"`` or ``"v_prediction"``.
+      min_snr_gamma: :math:`\gamma` for min-SNR-γ weighting; None for none.
+      validate: check traced ``t`` too (checkify).
+
+    Returns:
+      A scalar in the promoted dtype of the inputs. The gradient with respect to
+      ``model_output`` is :math:`2 w_{t_b} (\text{model\_output} - \text{target}) / (B D)`.
+
+    Raises:
+      ValueError: shapes differ, ``x0`` has no batch axis, unknown ``prediction_type``,
+        ``t`` outside ``[0, T)``, or ``min_snr_gamma <= 0``.
+
+    Example:
+      >>> from jaxmath.diffusion.schedules import from_betas
+      >>> s = from_betas(jnp.array([0.1, 0.5]))
+      >>> x0, eps = jnp.ones((2, 3)), jnp.zeros((2, 3))
+      >>> float(diffusion_loss(s, jnp.ones((2, 3)), x0, eps, jnp.array([0, 1])))
+      1.0
+    """
+    out, x0, noise = _checks.as_floats((model_output, "model_output"), (x0, "x0"),
+                                       (noise, "noise"))
+    _checks.check_same_shape(out, x0, "model_output", "x0")
+    _checks.check_same_shape(noise, x0, "noise", "x0")
+    _checks.check_ndim(x0, "x0", min_ndim=1)
+    _checks.check_nonempty(x0, "x0")
+    prediction_type = _prediction_type(prediction_type)
+    t = _timesteps(schedule, t, x0, x_name="x0", validate=validate)
+    gamma = None if min_snr_gamma is None else _gamma(min_snr_gamma)
+    return _diffusion_loss(schedule, out, x0, noise, t, gamma, prediction_type)
+
+
+@partial(jax.jit, static_argnums=6)
+def _diffusion_loss(schedule: NoiseSchedule, out: jax.Array, x0: jax.Array,
+                    noise: jax.Array, t: jax.Array, gamma: jax.Array | None,
+                    prediction_type: str) -> jax.Array:
+    target = _prediction_target(schedule, x0, noise, t, prediction_type)
+    per_example = jnp.mean(jnp.square(out - target).reshape(x0.shape[0], -1), axis=1)
+    if gamma is not None:
+        weight = _min_snr_weight(schedule, t, gamma, prediction_type)
+        per_example = per_example * weight.astype(per_example.dtype)
+    return jnp.mean(per_example)
