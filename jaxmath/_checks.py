@@ -120,6 +120,8 @@ def check_values(ok: jax.Array, message: str) -> None:
         if not bool(jnp.all(ok)):
             raise ValueError(message)
     else:
+        # Under jit without checkify.checkify around it, JAX refuses to stage this check
+        # with a ValueError of its own ("... without functionalizing it through checkify").
         checkify.check(jnp.all(ok), message)
 
 

@@ -139,7 +139,10 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike, axis: int = -1,
     mask = _mask(where, shape, "logits")
     smoothing = _checks.as_float(label_smoothing, "label_smoothing")
     _checks.check_ndim(smoothing, "label_smoothing", 0)
-    if not isinstance(smoothing, jax.core.Tracer) and not 0 <= float(smoothing) <= 1:
+    # Read the range from the argument itself: under jit even a constant becomes a tracer
+    # once converted with jnp.
+    if not isinstance(label_smoothing, jax.core.Tracer) and not 0 <= float(
+            np.asarray(label_smoothing)) <= 1:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
 
     labels = jnp.asarray(labels)

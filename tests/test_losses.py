@@ -318,3 +318,11 @@ BAD_INPUTS = [
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_label_smoothing_out_of_range_raises_under_jit():
+    # A Python constant becomes a tracer once converted inside jit: the range check
+    # must read the argument itself.
+    f = jax.jit(lambda logits: softmax_cross_entropy(logits, jnp.array([0]), label_smoothing=1.5))
+    with pytest.raises(ValueError, match="label_smoothing must be in"):
+        f(jnp.zeros((1, 3)))
