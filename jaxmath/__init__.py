@@ -9,7 +9,16 @@ Every function is pure and works under ``jax.jit``, ``jax.grad`` and ``jax.vmap`
 """
 
 from jaxmath import diffusion, nn
-from jaxmath.diffusion import forward_diffuse
+from jaxmath.diffusion import (
+    NoiseSchedule,
+    ddim_sample,
+    ddpm_sample,
+    diffusion_loss,
+    forward_diffuse,
+    make_schedule,
+    q_posterior,
+    q_sample,
+)
 from jaxmath.linalg import PCA, eig, eigh, linear, svd
 from jaxmath.losses import mse, softmax_cross_entropy
 from jaxmath.naive_bayes import GaussianNB
@@ -42,6 +51,7 @@ __version__ = "0.1.0"
 __all__ = [
     "PCA",
     "GaussianNB",
+    "NoiseSchedule",
     "__version__",
     "attention",
     "bayes_posterior",
@@ -52,9 +62,12 @@ __all__ = [
     "conv2d",
     "convolve",
     "cross_entropy",
+    "ddim_sample",
+    "ddpm_sample",
     "dense_sigmoid_mse",
     "dense_sigmoid_mse_grads",
     "diffusion",
+    "diffusion_loss",
     "eig",
     "eigh",
     "entropy",
@@ -67,11 +80,14 @@ __all__ = [
     "linear",
     "log_bayes_posterior",
     "log_softmax",
+    "make_schedule",
     "marginal",
     "mse",
     "mutual_information",
     "nn",
     "optimize",
+    "q_posterior",
+    "q_sample",
     "softmax",
     "softmax_cross_entropy",
     "svd",
