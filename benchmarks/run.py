@@ -32,6 +32,7 @@ REGISTRY = {
     "gaussian_nb": "benchmarks.naive_bayes",
     "gd_sweep": "benchmarks.gd_sweep",
     "pca": "benchmarks.pca",
+    "attention": "benchmarks.attention",
 }
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "cpu.json"
 FIELDS = {

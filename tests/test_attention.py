@@ -1,5 +1,7 @@
 """attention against torch scaled_dot_product_attention, jax.nn and the seed's example."""
 
+import importlib
+
 import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
@@ -11,8 +13,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
-from jaxmath.nn.attention import attention
+from jaxmath.nn.attention import attention, attention_implementation, multi_head_attention
 from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL
+
+attention_module = importlib.import_module("jaxmath.nn.attention")  # not the function
 
 BF16_ATOL = 3e-2  # bfloat16 inputs (8-bit mantissa) against a float32 reference
 
@@ -258,6 +262,161 @@ def test_bfloat16_inputs_use_float32_softmax(rng):
     assert np.all(np.isfinite(big.astype(jnp.float32)))
 
 
+# --------------------------------------------------------------------------- key lengths, heads
+
+def test_key_lengths_match_a_padding_mask_torch_and_jax_nn(rng):
+    q, k, v = _qkv(rng, lq=5, lk=7, dv=4)
+    lengths = np.array([3, 7])
+    pad = np.arange(7) < lengths[:, None, None, None]                  # [B, 1, 1, Lk]
+    out = attention(q, k, v, key_lengths=lengths[:, None])             # [B, 1] vs [B, H]
+    np.testing.assert_allclose(out, _sdpa(q, k, v, attn_mask=pad), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+    np.testing.assert_allclose(out, attention(q, k, v, mask=pad), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+    # The [..., L, H, d] layout takes lengths per batch element, like jax.nn.
+    q_h, k_h, v_h = (np.swapaxes(a, 1, 2) for a in (q, k, v))
+    ref = jax.nn.dot_product_attention(q_h, k_h, v_h, key_value_seq_lengths=lengths)
+    np.testing.assert_allclose(multi_head_attention(q_h, k_h, v_h, key_lengths=lengths), ref,
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    # 0 masks every key (zeros); lengths above Lk mask none.
+    both = attention(q, k, v, key_lengths=np.array([[0], [99]]))
+    np.testing.assert_array_equal(both[0], 0.0)
+    np.testing.assert_allclose(both[1], attention(q, k, v)[1], rtol=F32_LOOSE, atol=F32_LOOSE)
+
+
+def test_multi_head_gqa_matches_torch_and_jax_nn(rng):
+    b, lq, lk, h, h_kv, d = 2, 5, 7, 6, 2, 4   # MQA (H_kv = 1): test_multi_head_jit_and_vmap
+    q = _normal(rng, b, lq, h, d)
+    k, v = _normal(rng, b, lk, h_kv, d), _normal(rng, b, lk, h_kv, d)
+    mask = _random_mask(rng, (b, 1, lq, lk))                 # shared by the heads
+    bias = _normal(rng, h, lq, lk)                           # one per query head
+    out = multi_head_attention(q, k, v, mask=mask, bias=bias, is_causal=True)
+    assert out.shape == (b, lq, h, d)
+    additive = np.where(mask & np.tril(np.ones((lq, lk), bool)), bias, -np.inf)
+    ref = F.scaled_dot_product_attention(*(_t(np.swapaxes(a, 1, 2)) for a in (q, k, v)),
+                                         attn_mask=_t(additive.astype(np.float32)),
+                                         enable_gqa=True)
+    np.testing.assert_allclose(out, np.swapaxes(ref.numpy(), 1, 2), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+    ref = jax.nn.dot_product_attention(q, k, v, bias=bias[None], mask=mask, is_causal=True)
+    np.testing.assert_allclose(out, ref, rtol=F32_LOOSE, atol=F32_LOOSE)
+    # Query head i uses K/V head i // (H / H_kv): the [..., L, d] layout with repeated K/V.
+    g = h // h_kv
+    per_head = attention(np.swapaxes(q, 1, 2), np.repeat(np.swapaxes(k, 1, 2), g, 1),
+                         np.repeat(np.swapaxes(v, 1, 2), g, 1), mask=mask, bias=bias,
+                         is_causal=True)
+    np.testing.assert_allclose(out, np.swapaxes(per_head, 1, 2), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+
+
+def test_multi_head_gradients_match_torch_autograd(rng, x64):
+    b, lq, lk, h, h_kv, d = 2, 4, 5, 4, 2, 3
+    q = _normal(rng, b, lq, h, d, dtype=np.float64)
+    k, v = (_normal(rng, b, lk, h_kv, d, dtype=np.float64) for _ in range(2))
+    bias = _normal(rng, 1, h, lq, lk, dtype=np.float64)
+    lengths = np.array([5, 2])
+    w = _normal(rng, b, lq, h, d, dtype=np.float64)
+
+    def loss(q, k, v, bias):
+        return jnp.sum(w * multi_head_attention(q, k, v, bias=bias, key_lengths=lengths))
+
+    grads = jax.grad(loss, argnums=(0, 1, 2, 3))(q, k, v, bias)
+    tq, tk, tv = (torch.tensor(np.swapaxes(a, 1, 2), requires_grad=True) for a in (q, k, v))
+    tb = torch.tensor(bias, requires_grad=True)
+    pad = _t(np.arange(lk) < lengths[:, None, None, None])
+    out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=tb.masked_fill(~pad, -torch.inf),
+                                         enable_gqa=True)
+    (out * _t(np.swapaxes(w, 1, 2))).sum().backward()
+    for g, t in zip(grads[:3], (tq, tk, tv), strict=True):
+        np.testing.assert_allclose(g, np.swapaxes(t.grad.numpy(), 1, 2), rtol=F64_RTOL,
+                                   atol=F64_ATOL)
+    np.testing.assert_allclose(grads[3], tb.grad.numpy(), rtol=F64_RTOL, atol=F64_ATOL)
+
+
+def test_multi_head_jit_and_vmap(rng):
+    q, k, v = _normal(rng, 3, 4, 2, 2), _normal(rng, 3, 6, 1, 2), _normal(rng, 3, 6, 1, 2)
+    lengths = np.array([6, 1, 3])
+    eager = multi_head_attention(q, k, v, key_lengths=lengths, is_causal=True)
+    vmapped = jax.jit(jax.vmap(lambda q, k, v, n: multi_head_attention(
+        q, k, v, key_lengths=n, is_causal=True)))(q, k, v, lengths)
+    np.testing.assert_allclose(vmapped, eager, rtol=F32_LOOSE, atol=F32_LOOSE)
+    # Multi-query attention (one K/V head) against torch.
+    keep = np.tril(np.ones((4, 6), bool)) & (np.arange(6) < lengths[:, None, None, None])
+    ref = F.scaled_dot_product_attention(*(_t(np.swapaxes(a, 1, 2)) for a in (q, k, v)),
+                                         attn_mask=_t(keep), enable_gqa=True)
+    np.testing.assert_allclose(eager, np.swapaxes(ref.numpy(), 1, 2), rtol=F32_LOOSE,
+                               atol=F32_LOOSE)
+
+
+# --------------------------------------------------------------------------- implementations
+
+def test_default_implementation_policy(rng, monkeypatch):
+    x, short = jnp.zeros((2, 1024, 8)), jnp.zeros((2, 8, 8))
+    assert attention_implementation(short, short, short) == "xla"
+    # On CPU from CPU_BLOCKWISE_MIN_LENGTH queries and keys on: blockwise.
+    assert attention_implementation(x, x, x, is_causal=True) == "blockwise"
+    assert attention_implementation(x[:, :8], x, x) == "xla"         # 8 queries (decoding)
+    assert attention_implementation(x, x, x, implementation="xla") == "xla"
+    heads = jnp.zeros((1, 1024, 4, 8))
+    assert attention_implementation(heads, heads[..., :1, :], heads[..., :1, :],
+                                    multi_head=True) == "blockwise"
+    # Past the memory budget of the scores: blockwise on every backend.
+    monkeypatch.setattr(attention_module, "CPU_BLOCKWISE_MIN_LENGTH", 10**9)
+    assert attention_implementation(x, x, x) == "xla"
+    monkeypatch.setattr(attention_module, "XLA_MEMORY_BUDGET_BYTES", 2 * 1024 * 1024 * 4 - 1)
+    assert attention_implementation(x, x, x) == "blockwise"
+
+
+@pytest.fixture
+def fake_cudnn(monkeypatch):
+    """Pretend cuDNN can run: jax.nn's xla implementation stands in for its kernel."""
+    calls = []
+    original = jax.nn.dot_product_attention
+
+    def stand_in(*args, implementation=None, **kw):
+        calls.append(implementation)
+        return original(*args, implementation="xla", **kw)
+
+    monkeypatch.setattr(attention_module, "_cudnn_unsupported", lambda *a, **kw: None)
+    monkeypatch.setattr(jax.nn, "dot_product_attention", stand_in)
+    return calls
+
+
+def test_cudnn_path_layouts_lengths_and_masked_rows(rng, fake_cudnn):
+    # The plumbing around the kernel (layouts, lengths, zeros on fully masked rows), with
+    # jax.nn's xla path standing in for cuDNN (no GPU here; jax.nn averages masked rows).
+    q, k, v = _qkv(rng, lq=6, lk=6, d=4, dv=4)
+    mask = _random_mask(rng, (2, 3, 6, 6))
+    mask[0, 1, 2] = False
+    lengths = np.array([[4], [0]])
+    kw = {"mask": mask, "key_lengths": lengths, "is_causal": True}
+    want = attention(q, k, v, implementation="xla", **kw)
+    np.testing.assert_allclose(attention(q, k, v, implementation="cudnn", **kw), want,
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    q_h, k_h, v_h = (np.swapaxes(a, 1, 2) for a in (q, k, v))
+    out = multi_head_attention(q_h, k_h[:, :, :1], v_h[:, :, :1], mask=mask,
+                               key_lengths=lengths[:, 0], implementation="cudnn")
+    want = multi_head_attention(q_h, k_h[:, :, :1], v_h[:, :, :1], mask=mask,
+                                key_lengths=lengths[:, 0], implementation="xla")
+    np.testing.assert_allclose(out, want, rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_array_equal(out[1], 0.0)
+    assert fake_cudnn == ["cudnn", "cudnn"]
+
+
+def test_default_falls_back_when_cudnn_refuses(rng, fake_cudnn, monkeypatch):
+    def refuse(*args, **kw):
+        raise NotImplementedError("cuDNN refuses this call")
+
+    monkeypatch.setattr(jax.nn, "dot_product_attention", refuse)
+    q, k, v = _qkv(rng, lq=3, lk=4)
+    assert attention_implementation(q, k, v) == "cudnn"
+    np.testing.assert_allclose(attention(q, k, v, scale=0.25),
+                               attention(q, k, v, scale=0.25, implementation="xla"),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    with pytest.raises(NotImplementedError, match="refuses"):
+        attention(q, k, v, scale=0.25, implementation="cudnn")
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 Q, KV = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4))
@@ -288,6 +447,47 @@ BAD_INPUTS = [
     (lambda: attention(Q * 1j, KV, KV), TypeError, "q must be real"),
     (lambda: jax.jit(attention)(Q, KV, jnp.ones((2, 6, 4))), ValueError, "same number of keys"),
     (lambda: jax.jit(attention)(Q, KV, KV, jnp.ones((3, 5))), TypeError, "mask must be boolean"),
+    # key lengths
+    (lambda: attention(Q, KV, KV, key_lengths=jnp.ones(2)), TypeError,
+     "key_lengths must have an integer dtype"),
+    (lambda: attention(Q, KV, KV, key_lengths=jnp.ones(3, int)), ValueError,
+     r"batch axes \[...\] and key_lengths do not broadcast.*\(3,\)"),
+    (lambda: attention(Q, KV, KV, key_lengths=jnp.ones((4, 1, 2), int)), ValueError,
+     "key_lengths must broadcast to the batch axes"),
+    # implementations and block sizes
+    (lambda: attention(Q, KV, KV, implementation="flash"), ValueError,
+     "implementation must be one of .*'xla', 'blockwise', 'cudnn'.*got 'flash'"),
+    (lambda: attention(Q, KV, KV, implementation="cudnn"), ValueError,
+     "implementation='cudnn' cannot run this call: it needs an NVIDIA GPU"),
+    (lambda: jax.jit(lambda q: attention(q, KV, KV, implementation="cudnn"))(Q), ValueError,
+     "implementation='cudnn' cannot run"),
+    (lambda: attention(Q, KV, KV, block_size=0, implementation="blockwise"), ValueError,
+     "block_size must be a positive int or a pair"),
+    (lambda: attention(Q, KV, KV, block_size=(16, 8, 4)), ValueError,
+     r"block_size must be .* got \(16, 8, 4\)"),
+    (lambda: attention(Q, KV, KV, block_size=2.5), ValueError, "block_size must be"),
+    (lambda: attention(Q, KV, KV, block_size=16, implementation="xla"), ValueError,
+     "block_size applies to implementation='blockwise'"),
+    # the [..., L, H, d] layout
+    (lambda: multi_head_attention(jnp.ones((2, 3, 6, 4)), jnp.ones((2, 5, 4, 4)),
+                                  jnp.ones((2, 5, 4, 4))), ValueError,
+     "query heads H=6 must be a multiple of the number of key/value heads H_kv=4"),
+    (lambda: multi_head_attention(jnp.ones((2, 3, 6, 4)), jnp.ones((2, 5, 2, 4)),
+                                  jnp.ones((2, 5, 3, 4))), ValueError,
+     "k and v must have the same number of heads H_kv"),
+    (lambda: multi_head_attention(jnp.ones((3, 4)), KV, KV), ValueError,
+     "q must have rank >= 3"),
+    (lambda: multi_head_attention(jnp.ones((2, 1, 6, 4)), jnp.ones((2, 5, 2, 4)),
+                                  jnp.ones((2, 5, 2, 4)), mask=jnp.ones((3, 5), bool)),
+     ValueError, r"mask must broadcast to the scores \[..., H, Lq, Lk\] = \[..., 6, 1, 5\]"),
+    (lambda: multi_head_attention(jnp.ones((2, 3, 6, 4)), jnp.ones((2, 5, 2, 4)),
+                                  jnp.ones((2, 5, 2, 4)), bias=jnp.ones((4, 3, 5))),
+     ValueError, r"the scores \[..., H, Lq, Lk\] and bias do not broadcast"),
+    (lambda: jax.jit(multi_head_attention)(jnp.ones((1, 3, 6, 4)), jnp.ones((1, 5, 4, 4)),
+                                           jnp.ones((1, 5, 4, 4))), ValueError,
+     "H=6 must be a multiple of .* H_kv=4"),
+    (lambda: attention_implementation(Q, KV, KV, implementation="cudnn"), ValueError,
+     "cannot run this call"),
 ]
 
 

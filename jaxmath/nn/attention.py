@@ -1,26 +1,59 @@
-r"""Scaled dot-product attention with masks, additive bias and causal masking.
+r"""Scaled dot-product attention: masks, bias, causal, GQA, and three implementations.
 
-The computation is split so that other layouts and implementations can reuse
-the pieces: :func:`_check_shapes` validates and broadcasts shapes,
-:func:`_keep_mask` builds the boolean mask of attended keys and
-:func:`_scores` the float32 scores (unmasked); :func:`_attention_xla` is the
-reference path that materialises the ``[..., Lq, Lk]`` scores, and
-:func:`_attention` compiles mask and path into one program.
+Two layouts share one set of options:
+
+* :func:`attention` takes ``[..., L, d]`` arrays whose leading axes broadcast
+  (e.g. ``[B, H, L, d]``, like PyTorch's ``scaled_dot_product_attention``);
+* :func:`multi_head_attention` takes ``[..., L, H, d]`` arrays (jax.nn's and
+  Flax's ``[B, T, N, H]``) with grouped-query attention: fewer key/value heads
+  than query heads. It is the function a multi-head attention layer calls on its
+  projected queries, keys and values.
+
+``implementation`` picks the computation: ``'xla'`` materialises the scores,
+``'blockwise'`` never does (:mod:`jaxmath.nn.blockwise_attention`), ``'cudnn'``
+calls ``jax.nn.dot_product_attention``'s cuDNN kernel, and ``None`` picks the
+fastest one that supports the call (:func:`attention_implementation` tells which).
 """
 
 from __future__ import annotations
 
 import functools
 import math
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmath import _checks
+from jaxmath.nn.blockwise_attention import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
 from jaxmath.nn.softmax import softmax
 
 ArrayLike = jax.typing.ArrayLike
+
+IMPLEMENTATIONS = ("xla", "blockwise", "cudnn")
+#: The default path goes blockwise when the float32 scores ``[..., Lq, Lk]`` of one
+#: call (batch x heads x Lq x Lk x 4 bytes) would exceed this many bytes. XLA holds
+#: several arrays of that size in a forward and backward pass.
+XLA_MEMORY_BUDGET_BYTES = 1 << 30
+#: On CPU the default path also goes blockwise from this many queries and keys on,
+#: where it was measured faster than xla (by 1.2x to 3x from 512 to 8192, more when
+#: causal: it skips the key blocks above the diagonal; see benchmarks/attention.py).
+CPU_BLOCKWISE_MIN_LENGTH = 512
+
+
+# --------------------------------------------------------------------------- checks
+
+class _Call(NamedTuple):
+    """The checked arrays of a call, before broadcasting, and the shape of its scores."""
+
+    q: jax.Array
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array | None
+    bias: jax.Array | None
+    key_lengths: jax.Array | None
+    scores_shape: tuple[int, ...]
 
 
 def _broadcast(shapes: dict[str, tuple[int, ...]], what: str) -> tuple[int, ...]:
@@ -33,98 +66,377 @@ def _broadcast(shapes: dict[str, tuple[int, ...]], what: str) -> tuple[int, ...]
 
 
 def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-                  bias: jax.Array | None) -> tuple[int, ...]:
-    """Validate ``[..., L, d]`` operands; return the shape ``[..., Lq, Lk]`` of the scores."""
+                  bias: jax.Array | None, key_lengths: jax.Array | None,
+                  heads: bool = False) -> tuple[int, ...]:
+    """Validate the operands; return the shape of the scores, ``[..., Lq, Lk]``.
+
+    With ``heads`` the layout is ``[..., L, H, d]`` and the scores ``[..., H, Lq, Lk]``;
+    otherwise ``[..., L, d]``. ``key_lengths`` broadcasts against the batch axes ``...``.
+    """
+    seq = -3 if heads else -2
     for x, name in ((q, "q"), (k, "k"), (v, "v")):
-        _checks.check_ndim(x, name, min_ndim=2)
+        _checks.check_ndim(x, name, min_ndim=-seq)
     if q.shape[-1] != k.shape[-1]:
         raise ValueError(f"q and k must have the same feature size d (last axis), got "
                          f"q.shape={tuple(q.shape)} and k.shape={tuple(k.shape)}")
-    if k.shape[-2] != v.shape[-2]:
-        raise ValueError(f"k and v must have the same number of keys Lk (axis -2), got "
+    if k.shape[seq] != v.shape[seq]:
+        raise ValueError(f"k and v must have the same number of keys Lk (axis {seq}), got "
                          f"k.shape={tuple(k.shape)} and v.shape={tuple(v.shape)}")
     _checks.check_nonempty(q, "q", axis=-1)
-    _checks.check_nonempty(k, "k", axis=-2)
-    lead = _broadcast({"q.shape[:-2]": q.shape[:-2], "k.shape[:-2]": k.shape[:-2],
-                       "v.shape[:-2]": v.shape[:-2]}, "the leading (batch) axes of q, k, v")
-    scores = (*lead, q.shape[-2], k.shape[-2])
+    _checks.check_nonempty(k, "k", axis=seq)
+    if heads:
+        h, h_kv = q.shape[-2], k.shape[-2]
+        if v.shape[-2] != h_kv:
+            raise ValueError(f"k and v must have the same number of heads H_kv (axis -2), "
+                             f"got k.shape={tuple(k.shape)} and v.shape={tuple(v.shape)}")
+        if h_kv == 0 or h % h_kv:
+            raise ValueError(f"the number of query heads H={h} must be a multiple of the "
+                             f"number of key/value heads H_kv={h_kv} (axis -2 of q and k)")
+    lead = _broadcast({f"q.shape[:{seq}]": q.shape[:seq], f"k.shape[:{seq}]": k.shape[:seq],
+                       f"v.shape[:{seq}]": v.shape[:seq]},
+                      "the leading (batch) axes of q, k, v")
+    tail = (q.shape[-2],) if heads else ()
+    scores = (*lead, *tail, q.shape[seq], k.shape[seq])
+    what = "[..., H, Lq, Lk]" if heads else "[..., Lq, Lk]"
     for x, name in ((mask, "mask"), (bias, "bias")):
         if x is None:
             continue
         full = _broadcast({"scores": scores, f"{name}.shape": tuple(x.shape)},
-                          f"the scores [..., Lq, Lk] and {name}")
-        if full[-2:] != scores[-2:]:
-            raise ValueError(f"{name} must broadcast to the scores [..., Lq, Lk] = "
-                             f"[..., {scores[-2]}, {scores[-1]}], got {name}.shape="
-                             f"{tuple(x.shape)}")
+                          f"the scores {what} and {name}")
+        if full[len(full) - len(tail) - 2:] != scores[len(scores) - len(tail) - 2:]:
+            raise ValueError(f"{name} must broadcast to the scores {what} = [..., "
+                             f"{', '.join(map(str, scores[len(scores) - len(tail) - 2:]))}], "
+                             f"got {name}.shape={tuple(x.shape)}")
         scores = full
+    if key_lengths is not None:
+        batch = scores[:len(scores) - len(tail) - 2]
+        full = _broadcast({"batch": batch, "key_lengths.shape": tuple(key_lengths.shape)},
+                          "the batch axes [...] and key_lengths")
+        if len(full) > len(batch):
+            raise ValueError(f"key_lengths must broadcast to the batch axes {batch}, got "
+                             f"key_lengths.shape={tuple(key_lengths.shape)}")
+        scores = (*full, *scores[len(batch):])
     return scores
 
 
-def _keep_mask(mask: jax.Array | None, bias: jax.Array | None, is_causal: bool,
-               lq: int, lk: int) -> jax.Array | None:
+def _check_options(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation,
+                   block_size):
+    """Convert and type-check the arguments shared by both layouts."""
+    if not isinstance(is_causal, bool | np.bool_):
+        raise TypeError(f"is_causal must be a Python bool, got {type(is_causal).__name__}")
+    if implementation is not None:
+        _checks.check_choice(implementation, "implementation", (None, *IMPLEMENTATIONS))
+    q, k, v = _checks.as_floats((q, "q"), (k, "k"), (v, "v"))
+    if mask is not None:
+        mask = jnp.asarray(mask)
+        if mask.dtype != jnp.bool_:
+            raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}; "
+                            f"pass an additive float mask as bias")
+    if bias is not None:
+        bias = _checks.as_float(bias, "bias")
+    if key_lengths is not None:
+        key_lengths = jnp.asarray(key_lengths)
+        _checks.check_integer(key_lengths, "key_lengths")
+    if scale is None:
+        pass  # 1 / sqrt(d), set by _run once the shapes are checked
+    elif isinstance(scale, int | float) and not isinstance(scale, bool):
+        scale = float(scale)  # static: the cuDNN kernel needs a Python number
+    else:
+        scale = _checks.as_float(scale, "scale")
+        if scale.ndim != 0:
+            raise ValueError(f"scale must be a scalar, got shape {tuple(scale.shape)}")
+    return q, k, v, mask, bias, key_lengths, bool(is_causal), scale, _blocks(block_size,
+                                                                             implementation)
+
+
+def _blocks(block_size, implementation) -> tuple[int, int]:
+    """``(block_q, block_k)`` from ``block_size`` (an int, a pair, or None)."""
+    if block_size is None:
+        return DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K
+    if implementation in ("xla", "cudnn"):
+        raise ValueError(f"block_size applies to implementation='blockwise' (or None), got "
+                         f"implementation={implementation!r}")
+    pair = (block_size, block_size) if isinstance(block_size, int | np.integer) else block_size
+    if (not isinstance(pair, tuple | list) or len(pair) != 2
+            or not all(isinstance(b, int | np.integer) and not isinstance(b, bool) and b > 0
+                       for b in pair)):
+        raise ValueError(f"block_size must be a positive int or a pair of positive ints "
+                         f"(block_q, block_k), got {block_size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+# --------------------------------------------------------------------------- choice of path
+
+def _cudnn_unsupported(call: _Call, is_causal: bool, scale, heads_layout: bool) -> str | None:
+    """Why the cuDNN kernel cannot take this call (None if it may).
+
+    These are the documented conditions; the kernel may still refuse a call at
+    trace time (head size, cuDNN version), which the default path catches.
+    """
+    backend = jax.default_backend()
+    if backend != "gpu":
+        return f"it needs an NVIDIA GPU with cuDNN, and JAX's default backend is {backend!r}"
+    if call.q.dtype not in (jnp.float16, jnp.bfloat16):
+        return f"cuDNN takes float16 or bfloat16 inputs, got {call.q.dtype}"
+    if call.q.shape[-1] != call.v.shape[-1]:
+        return (f"cuDNN needs the same head size for q and v, got d={call.q.shape[-1]} "
+                f"and dv={call.v.shape[-1]}")
+    if not isinstance(scale, float):
+        return "cuDNN needs scale as a Python number, got an array"
+    lq, lk = call.scores_shape[-2:]
+    if is_causal and lq != lk:
+        return f"cuDNN's causal mask is used for Lq == Lk only, got Lq={lq}, Lk={lk}"
+    if len(call.scores_shape) > 4:
+        return f"cuDNN takes one batch axis, got scores of shape {call.scores_shape}"
+    lengths = call.key_lengths
+    if not heads_layout and lengths is not None and lengths.ndim and lengths.shape[-1] != 1:
+        return "cuDNN takes key_lengths per batch element, not per head"
+    return None
+
+
+def _choose(call: _Call, is_causal: bool, scale, implementation: str | None,
+            heads_layout: bool) -> tuple[str, str | None]:
+    """The path that runs a checked call, and the one to fall back on if cuDNN refuses.
+
+    An explicit ``implementation`` is honoured (``'cudnn'`` raises ValueError with
+    the reason when it cannot run). ``None`` tries cuDNN where
+    :func:`_cudnn_unsupported` allows, and otherwise, or as its fallback, takes
+    ``'blockwise'`` if the scores exceed :data:`XLA_MEMORY_BUDGET_BYTES` or, on CPU,
+    if ``Lq`` and ``Lk`` reach :data:`CPU_BLOCKWISE_MIN_LENGTH`; ``'xla'`` otherwise.
+    """
+    if implementation == "cudnn":
+        reason = _cudnn_unsupported(call, is_causal, scale, heads_layout)
+        if reason is not None:
+            raise ValueError(f"implementation='cudnn' cannot run this call: {reason}; use "
+                             f"implementation=None to fall back to another path")
+        return "cudnn", None
+    if implementation is not None:
+        return implementation, None
+    itemsize = jnp.dtype(jnp.promote_types(call.q.dtype, jnp.float32)).itemsize
+    lq, lk = call.scores_shape[-2:]
+    fallback = "xla"
+    if math.prod(call.scores_shape) * itemsize > XLA_MEMORY_BUDGET_BYTES or (
+            jax.default_backend() == "cpu" and min(lq, lk) >= CPU_BLOCKWISE_MIN_LENGTH):
+        fallback = "blockwise"
+    if _cudnn_unsupported(call, is_causal, scale, heads_layout) is None:
+        return "cudnn", fallback
+    return fallback, None
+
+
+# --------------------------------------------------------------------------- the paths
+
+def _keep_mask(mask: jax.Array | None, bias: jax.Array | None, key_lengths: jax.Array | None,
+               is_causal: bool, lq: int, lk: int) -> jax.Array | None:
     """Boolean mask of the (query, key) pairs attended to, or None when all are.
 
     Combines the user's ``mask``, the causal mask (key ``j <= i`` for query ``i``,
-    top-left aligned) and keys whose ``bias`` is ``-inf``.
+    top-left aligned), ``key_lengths`` and keys whose ``bias`` is ``-inf``.
     """
     keep = mask
+    parts = []
     if is_causal:
-        causal = jnp.tril(jnp.ones((lq, lk), dtype=bool))
-        keep = causal if keep is None else keep & causal
+        parts.append(jnp.tril(jnp.ones((lq, lk), dtype=bool)))
+    if key_lengths is not None:
+        parts.append(jnp.arange(lk) < key_lengths[..., None, None])
     if bias is not None:
-        finite = bias != -jnp.inf
-        keep = finite if keep is None else keep & finite
+        parts.append(bias != -jnp.inf)
+    for part in parts:
+        keep = part if keep is None else keep & part
     return keep
 
 
-def _scores(q: jax.Array, k: jax.Array, bias: jax.Array | None,
-                   scale: float | jax.Array, compute_dtype: jnp.dtype) -> jax.Array:
-    """Scores :math:`s\\, q k^T + b` in ``compute_dtype`` (float32 at least)."""
+def _attention_xla(call: _Call, is_causal: bool, scale) -> jax.Array:
+    """Reference path: materialise the scores, softmax in float32, weight the values."""
+    q, k, v, mask, bias, key_lengths, scores_shape = call
+    compute_dtype = jnp.promote_types(q.dtype, jnp.float32)
     logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=compute_dtype)
     logits = logits * jnp.asarray(scale, compute_dtype)
     if bias is not None:
         logits = logits + bias.astype(compute_dtype)
-    return logits
-
-
-def _attention_xla(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None,
-                   keep: jax.Array | None, scale: float | jax.Array,
-                   scores_shape: tuple[int, ...]) -> jax.Array:
-    """Reference path: materialise the scores, softmax in float32, weight the values."""
-    compute_dtype = jnp.promote_types(q.dtype, jnp.float32)
-    logits = jnp.broadcast_to(_scores(q, k, bias, scale, compute_dtype), scores_shape)
-    probs = softmax(logits, axis=-1, where=keep)
+    keep = _keep_mask(mask, bias, key_lengths, is_causal, q.shape[-2], k.shape[-2])
+    probs = softmax(jnp.broadcast_to(logits, scores_shape), axis=-1, where=keep)
     out = jnp.matmul(probs.astype(v.dtype), v, preferred_element_type=compute_dtype)
-    return out.astype(v.dtype)
+    return jnp.broadcast_to(out, (*scores_shape[:-1], v.shape[-1])).astype(v.dtype)
 
 
-@functools.partial(jax.jit, static_argnames=("is_causal", "scores_shape"))
-def _attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
-               bias: jax.Array | None, scale: float | jax.Array, is_causal: bool,
-               scores_shape: tuple[int, ...]) -> jax.Array:
-    """Attention of checked ``[..., L, d]`` arrays, compiled as one program."""
-    keep = _keep_mask(mask, bias, is_causal, q.shape[-2], k.shape[-2])
-    return _attention_xla(q, k, v, bias, keep, scale, scores_shape)
+def _attention_blockwise(call: _Call, is_causal: bool, scale, blocks) -> jax.Array:
+    """Memory-efficient path: broadcast to the full leading axes, then the blockwise kernel."""
+    q, k, v, mask, bias, key_lengths, scores_shape = call
+    lead = scores_shape[:-2]
+    q = jnp.broadcast_to(q, (*lead, *q.shape[-2:]))
+    k = jnp.broadcast_to(k, (*lead, *k.shape[-2:]))
+    v = jnp.broadcast_to(v, (*lead, *v.shape[-2:]))
 
+    def full_rank(x):
+        return None if x is None else x.reshape((1,) * (len(scores_shape) - x.ndim) + x.shape)
+
+    return blockwise_attention(q, k, v, full_rank(bias), full_rank(mask), key_lengths,
+                               scale=scale, is_causal=is_causal, block_q=blocks[0],
+                               block_k=blocks[1])
+
+
+def _attention_cudnn(q_btnh, k_bsnh, v_bsnh, call: _Call, is_causal: bool,
+                     scale: float) -> jax.Array:
+    """jax.nn's cuDNN kernel on ``[B, T, N, H]`` arrays, with zeros on fully masked rows.
+
+    ``call`` holds the mask, bias and key lengths, ranked like ``[B, N, T, S]``.
+    """
+    b = q_btnh.shape[0]
+
+    def rank4(x):
+        return None if x is None else x.reshape((1,) * (4 - x.ndim) + x.shape)
+
+    lengths = None
+    if call.key_lengths is not None:
+        lengths = jnp.broadcast_to(call.key_lengths.reshape(-1) if call.key_lengths.ndim
+                                   else call.key_lengths, (b,)).astype(jnp.int32)
+    out = jax.nn.dot_product_attention(
+        q_btnh, k_bsnh, v_bsnh, bias=rank4(call.bias), mask=rank4(call.mask), scale=scale,
+        is_causal=is_causal, key_value_seq_lengths=lengths, implementation="cudnn")
+    # cuDNN does not promise zeros where a query sees no key: set them.
+    lq, lk = call.scores_shape[-2:]
+    if call.mask is not None or call.bias is not None:
+        keep = _keep_mask(rank4(call.mask), rank4(call.bias), None if lengths is None
+                          else lengths[:, None], is_causal, lq, lk)
+        seen = jnp.swapaxes(jnp.any(keep, axis=-1), -1, -2)[..., None]  # [B|1, T, N|1, 1]
+    elif lengths is not None:
+        seen = (lengths > 0)[:, None, None, None]
+    else:
+        return out
+    return jnp.where(seen, out, 0).astype(out.dtype)
+
+
+def _run_xla_or_blockwise(call: _Call, path: str, is_causal: bool, scale, blocks) -> jax.Array:
+    if path == "blockwise":
+        return _attention_blockwise(call, is_causal, scale, blocks)
+    return _attention_xla(call, is_causal, scale)
+
+
+@functools.partial(jax.jit, static_argnames=("is_causal", "scale", "path", "fallback",
+                                             "blocks", "scores_shape", "heads"))
+def _attention(q, k, v, mask, bias, key_lengths, scale_array, *, is_causal, scale, path,
+               fallback, blocks, scores_shape, heads):
+    """Checked arrays of either layout through the chosen path, compiled as one program."""
+    scale = scale_array if scale is None else scale
+    call = _Call(q, k, v, mask, bias, key_lengths, scores_shape)
+    if path == "cudnn":
+        try:
+            return (_cudnn_heads if heads else _cudnn_bhld)(call, is_causal, scale)
+        except (ValueError, NotImplementedError, RuntimeError, TypeError):
+            if fallback is None:
+                raise
+            path = fallback
+    if not heads:
+        return _run_xla_or_blockwise(call, path, is_causal, scale, blocks)
+    grouped = _to_groups(call)
+    out = _run_xla_or_blockwise(grouped, path, is_causal, scale, blocks)  # [..., Hkv, G, L, dv]
+    out = out.reshape(*out.shape[:-4], -1, *out.shape[-2:])
+    return jnp.swapaxes(out, -2, -3)
+
+
+def _cudnn_bhld(call: _Call, is_causal: bool, scale: float) -> jax.Array:
+    """cuDNN on the ``[..., N, L, d]`` layout: at most ``[B, N]`` leading axes."""
+    lead = call.scores_shape[:-2]
+    b, n = (1, 1, *lead)[-2:]
+
+    def btnh(x, heads):
+        x = x.reshape((1,) * (len(lead) + 2 - x.ndim) + x.shape)
+        x = x.reshape((1,) * (2 - len(lead)) + x.shape)
+        x = jnp.broadcast_to(x, (b, heads or x.shape[1], *x.shape[2:]))
+        return jnp.swapaxes(x, 1, 2)
+
+    lengths = call.key_lengths
+    if lengths is not None and lengths.ndim:
+        lengths = lengths[..., 0]  # drop the (size-1) head axis
+    call = call._replace(key_lengths=lengths)
+    out = _attention_cudnn(btnh(call.q, n), btnh(call.k, None), btnh(call.v, None), call,
+                           is_causal, scale)
+    return jnp.swapaxes(out, 1, 2).reshape(*lead, out.shape[1], out.shape[-1])
+
+
+def _cudnn_heads(call: _Call, is_causal: bool, scale: float) -> jax.Array:
+    """cuDNN on the ``[..., L, H, d]`` layout: at most one batch axis."""
+    batch = call.scores_shape[:-3]
+    b = batch[0] if batch else 1
+
+    def btnh(x):
+        x = x.reshape((1,) * (4 - x.ndim) + x.shape)
+        return jnp.broadcast_to(x, (b, *x.shape[1:]))
+
+    out = _attention_cudnn(btnh(call.q), btnh(call.k), btnh(call.v), call, is_causal, scale)
+    return out.reshape(*batch, *out.shape[1:])
+
+
+def _to_groups(call: _Call) -> _Call:
+    """``[..., L, H, d]`` arrays as ``[..., H_kv, G, L, d]`` with K/V shared over the G axis.
+
+    Query head ``h`` uses key/value head ``h // G`` (``G = H / H_kv``), as in
+    PyTorch's ``enable_gqa`` and jax.nn.
+    """
+    q, k, v, mask, bias, key_lengths, scores_shape = call
+    h, h_kv = q.shape[-2], k.shape[-2]
+    g = h // h_kv
+
+    def heads_first(x, group):
+        x = jnp.swapaxes(x, -2, -3)
+        return x.reshape(*x.shape[:-3], x.shape[-3] // group, group, *x.shape[-2:])
+
+    def split(x):  # [..., H|1, Lq|1, Lk|1] -> [..., H_kv|1, G|1, Lq|1, Lk|1]
+        if x is None:
+            return None
+        x = x.reshape((1,) * (3 - x.ndim) + x.shape)
+        heads = (h_kv, g) if x.shape[-3] == h else (1, 1)
+        return x.reshape(*x.shape[:-3], *heads, *x.shape[-2:])
+
+    lengths = None if key_lengths is None else key_lengths[..., None, None]
+    return _Call(heads_first(q, g), heads_first(k, 1), heads_first(v, 1), split(mask),
+                 split(bias), lengths, (*scores_shape[:-3], h_kv, g, *scores_shape[-2:]))
+
+
+def _prepare(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
+             heads):
+    """Check a call of either layout; return its arrays, options and (path, fallback)."""
+    q, k, v, mask, bias, key_lengths, is_causal, scale, blocks = _check_options(
+        q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size)
+    scores_shape = _check_shapes(q, k, v, mask, bias, key_lengths, heads=heads)
+    if scale is None:
+        scale = 1.0 / math.sqrt(q.shape[-1])
+    call = _Call(q, k, v, mask, bias, key_lengths, scores_shape)
+    return call, is_causal, scale, blocks, _choose(call, is_causal, scale, implementation, heads)
+
+
+def _run(*args, heads: bool) -> jax.Array:
+    """Check, choose the path and run the compiled program (both layouts)."""
+    call, is_causal, scale, blocks, (path, fallback) = _prepare(*args, heads=heads)
+    static = isinstance(scale, float)
+    return _attention(*call[:-1], None if static else scale, is_causal=is_causal,
+                      scale=scale if static else None, path=path, fallback=fallback,
+                      blocks=blocks, scores_shape=call.scores_shape, heads=heads)
+
+
+# --------------------------------------------------------------------------- public functions
 
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None = None,
               bias: ArrayLike | None = None, is_causal: bool = False,
-              scale: float | ArrayLike | None = None) -> jax.Array:
-    r"""Scaled dot-product attention.
+              scale: float | ArrayLike | None = None, *, key_lengths: ArrayLike | None = None,
+              implementation: str | None = None,
+              block_size: int | tuple[int, int] | None = None) -> jax.Array:
+    r"""Scaled dot-product attention on ``[..., L, d]`` arrays.
 
-    .. math:: \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(\frac{Q K^T}{\sqrt{d_k}}
-       + B\Big) V,
+    .. math:: \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(s\, Q K^T + B\Big) V,
+       \qquad s = 1/\sqrt{d_k} \text{ by default},
 
-    with the softmax over keys restricted to the pairs allowed by ``mask`` and
-    ``is_causal``. Scores and softmax are computed in float32 (float64 for
-    float64 input), also for bfloat16/float16 inputs; the output has the input dtype.
+    with the softmax over keys restricted to the pairs allowed by ``mask``,
+    ``key_lengths`` and ``is_causal``. Scores and softmax are computed in float32
+    (float64 for float64 input), also for bfloat16/float16 inputs; the output has
+    the input dtype.
 
     Args:
       q: ``[..., Lq, d]`` queries.
       k: ``[..., Lk, d]`` keys.
       v: ``[..., Lk, dv]`` values. The leading axes ``...`` of ``q``, ``k``, ``v``
-        (batch, heads, ...) broadcast against each other, e.g. ``[B, H, L, d]``.
+        (batch, heads, ...) broadcast against each other, e.g. ``[B, H, L, d]``
+        queries with ``[B, 1, L, d]`` keys and values (multi-query attention).
       mask: optional boolean mask broadcastable to the scores ``[..., Lq, Lk]``;
         True = query attends to key (jax.nn's rule), e.g. ``[B, 1, 1, Lk]`` for key
         padding. Non-boolean masks raise TypeError: pass float masks as ``bias``.
@@ -136,22 +448,49 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
         last key see all keys; with ``Lq < Lk`` (e.g. new queries after a cached
         prefix) the last keys are never seen, so pass an explicit ``mask`` for
         bottom-right alignment. Combined with ``mask`` by logical and.
-      scale: multiplier of :math:`QK^T`; default :math:`1/\sqrt{d}`.
+      scale: multiplier :math:`s` of :math:`QK^T`; default :math:`1/\sqrt{d}`. A
+        traced array is allowed (and differentiated) except by ``'cudnn'``.
+      key_lengths: optional integer array broadcastable to the leading axes
+        ``[...]`` (``[B, 1]`` for ``[B, H, L, d]`` inputs): keys ``j >=
+        key_lengths`` are masked out (key padding). 0 masks every key; values
+        above ``Lk`` mask none.
+      implementation: ``'xla'`` materialises the ``[..., Lq, Lk]`` scores (memory
+        O(Lq·Lk)); ``'blockwise'`` computes the same result by an online softmax over
+        key blocks with memory O((Lq + Lk)·d) in the forward and backward passes
+        (:mod:`jaxmath.nn.blockwise_attention`); ``'cudnn'`` is
+        ``jax.nn.dot_product_attention(implementation='cudnn')``, which needs an
+        NVIDIA GPU, float16/bfloat16 inputs, ``d == dv``, a Python-number ``scale``,
+        at most ``[B, H]`` leading axes and ``Lq == Lk`` if causal, and raises
+        ValueError otherwise. ``None`` (default) picks the fastest that supports
+        the call (:func:`attention_implementation` tells which): cuDNN where it can run
+        (falling back if it refuses the call), else blockwise when the float32
+        scores would exceed :data:`XLA_MEMORY_BUDGET_BYTES` (1 GiB) or, on CPU, when
+        ``Lq`` and ``Lk`` are both at least :data:`CPU_BLOCKWISE_MIN_LENGTH` (512),
+        else xla.
+      block_size: ``block_q`` or ``(block_q, block_k)`` for the blockwise path
+        (default ``(512, 256)``, tuned on CPU); ignored by a default call that runs
+        another path, an error with ``'xla'`` or ``'cudnn'``.
 
     Returns:
       ``[..., Lq, dv]``, the leading axes broadcast from all inputs. A query whose
-      keys are all masked out (by ``mask``, ``is_causal`` or ``-inf`` bias) gets
-      zeros, as in PyTorch's ``scaled_dot_product_attention`` (2.5 and later) -- not
-      NaN (a plain softmax over ``-inf``) and not the uniform average of the values
-      that ``jax.nn.dot_product_attention`` returns (it masks with a large negative
+      keys are all masked out (by ``mask``, ``key_lengths``, ``is_causal`` or
+      ``-inf`` bias) gets zeros in every implementation, as in PyTorch's
+      ``scaled_dot_product_attention`` (2.5 and later) -- not NaN (a plain softmax
+      over ``-inf``) and not the uniform average of the values that
+      ``jax.nn.dot_product_attention`` returns (it masks with a large negative
       number) -- and its gradients with respect to every input are zero. Elsewhere
-      gradients are those of the formula above.
+      gradients are those of the formula above, with respect to ``q``, ``k``, ``v``,
+      ``bias`` and a traced ``scale``. The blockwise path (the default on CPU from
+      512 queries and keys) defines reverse mode only (``jax.grad``, ``jax.vjp``):
+      for ``jax.jvp`` pass ``implementation='xla'``.
 
     Raises:
       ValueError: rank < 2, different ``d`` in ``q`` and ``k``, different ``Lk`` in
-        ``k`` and ``v``, ``d = 0`` or ``Lk = 0``, leading axes, mask or bias that do
-        not broadcast, or a non-scalar ``scale``.
-      TypeError: a non-boolean ``mask``, non-bool ``is_causal``, complex input.
+        ``k`` and ``v``, ``d = 0`` or ``Lk = 0``, leading axes, mask, bias or
+        key_lengths that do not broadcast, a non-scalar ``scale``, an unknown
+        ``implementation``, ``'cudnn'`` where it cannot run, a bad ``block_size``.
+      TypeError: a non-boolean ``mask``, non-integer ``key_lengths``, non-bool
+        ``is_causal``, complex input.
 
     Example:
       >>> q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
@@ -166,22 +505,96 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
       >>> attention(q, k, v, mask=jnp.array([[False, False], [True, True]]))
       Array([[0.        , 0.        ],
              [0.33023846, 0.66976154]], dtype=float32)
+      >>> attention(q, k, v, key_lengths=1, implementation="blockwise")  # key 0 only
+      Array([[0., 1.],
+             [0., 1.]], dtype=float32)
     """
-    if not isinstance(is_causal, bool | np.bool_):
-        raise TypeError(f"is_causal must be a Python bool, got {type(is_causal).__name__}")
-    q, k, v = _checks.as_floats((q, "q"), (k, "k"), (v, "v"))
-    if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}; "
-                            f"pass an additive float mask as bias")
-    if bias is not None:
-        bias = _checks.as_float(bias, "bias")
-    scores_shape = _check_shapes(q, k, v, mask, bias)
-    if scale is None:
-        scale = 1.0 / math.sqrt(q.shape[-1])
-    else:
-        scale = _checks.as_float(scale, "scale")
-        if scale.ndim != 0:
-            raise ValueError(f"scale must be a scalar, got shape {tuple(scale.shape)}")
-    return _attention(q, k, v, mask, bias, scale, bool(is_causal), scores_shape)
+    return _run(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
+                heads=False)
+
+
+def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
+                         mask: ArrayLike | None = None, bias: ArrayLike | None = None,
+                         is_causal: bool = False, scale: float | ArrayLike | None = None, *,
+                         key_lengths: ArrayLike | None = None, implementation: str | None = None,
+                         block_size: int | tuple[int, int] | None = None) -> jax.Array:
+    r"""Multi-head attention on ``[..., L, H, d]`` arrays, with grouped-query attention.
+
+    .. math:: O_h = \mathrm{softmax}\big(s\, Q_h K_{g(h)}^T + B_h\big)\, V_{g(h)},
+       \qquad g(h) = \lfloor h / G \rfloor, \quad G = H / H_{kv},
+
+    for every query head :math:`h`: the ``H`` query heads share the ``H_kv`` key and
+    value heads in consecutive groups of ``G`` (``H_kv = H``: multi-head attention;
+    ``H_kv = 1``: multi-query attention), as PyTorch's ``scaled_dot_product_attention``
+    with ``enable_gqa=True`` (heads first there) and ``jax.nn.dot_product_attention``.
+    This is the layout of jax.nn (``[B, T, N, H]``) and of projections in a Flax
+    layer, so a multi-head attention module calls it on its projected ``q, k, v``.
+
+    Args:
+      q: ``[..., Lq, H, d]`` queries.
+      k: ``[..., Lk, H_kv, d]`` keys, ``H`` a multiple of ``H_kv``.
+      v: ``[..., Lk, H_kv, dv]`` values. The batch axes ``...`` broadcast.
+      mask: optional boolean mask broadcastable to ``[..., H, Lq, Lk]``, True =
+        attend; e.g. ``[B, 1, Lq, Lk]`` shared by the heads.
+      bias: optional additive bias broadcastable to ``[..., H, Lq, Lk]``; ``-inf``
+        masks a key.
+      is_causal: query ``i`` attends only to keys ``j <= i`` (top-left aligned,
+        as in jax.nn and PyTorch).
+      scale: multiplier of :math:`QK^T`; default :math:`1/\sqrt{d}`.
+      key_lengths: optional integers broadcastable to the batch axes ``[...]``
+        (e.g. ``[B]``): keys ``j >= key_lengths`` are masked out in every head.
+      implementation: ``None``, ``'xla'``, ``'blockwise'`` or ``'cudnn'``, as in
+        :func:`attention` (cuDNN takes at most one batch axis here and runs on this
+        layout without transposes).
+      block_size: block sizes of the blockwise path, as in :func:`attention`.
+
+    Returns:
+      ``[..., Lq, H, dv]`` in the input dtype; zeros, with zero gradients, for a
+      query that attends to no key. Gradients reach ``q``, ``k``, ``v`` (summed over
+      each group), ``bias`` and a traced ``scale``.
+
+    Raises:
+      ValueError: ``H`` not a multiple of ``H_kv`` (naming both), ``k`` and ``v``
+        with different heads, rank < 3, and the errors of :func:`attention`.
+      TypeError: as :func:`attention`.
+
+    Example:
+      >>> q = jnp.ones((1, 3, 4, 8))                            # B=1, L=3, H=4, d=8
+      >>> kv = jnp.arange(2 * 3 * 8.0).reshape(1, 3, 2, 8) / 48  # H_kv=2
+      >>> out = multi_head_attention(q, kv, kv, is_causal=True)
+      >>> out.shape
+      (1, 3, 4, 8)
+      >>> print(out[0, 0, :, 0])  # query 0 sees key 0: heads 0, 1 use K/V head 0
+      [0.         0.         0.16666667 0.16666667]
+    """
+    return _run(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
+                heads=True)
+
+
+def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
+                             mask: ArrayLike | None = None, bias: ArrayLike | None = None,
+                             is_causal: bool = False, scale: float | ArrayLike | None = None, *,
+                             key_lengths: ArrayLike | None = None,
+                             implementation: str | None = None,
+                             multi_head: bool = False) -> str:
+    r"""The path, ``'xla'``, ``'blockwise'`` or ``'cudnn'``, that a call runs.
+
+    Takes the arguments of :func:`attention` (or of :func:`multi_head_attention`
+    with ``multi_head=True``), checks them the same way and returns the path chosen
+    for them. By default: ``'cudnn'`` where it can run; else ``'blockwise'`` if the
+    scores of the xla path would exceed the memory budget,
+
+    .. math:: 4 \cdot \textstyle\prod(\text{batch axes}) \cdot H \cdot L_q \cdot L_k
+       \ \text{bytes} > \texttt{XLA\_MEMORY\_BUDGET\_BYTES},
+
+    or, on CPU, if :math:`\min(L_q, L_k) \ge` ``CPU_BLOCKWISE_MIN_LENGTH``; else
+    ``'xla'``. Where ``'cudnn'`` is chosen by default the kernel may still refuse
+    the call when it is traced; the call then runs the blockwise or xla path.
+
+    Example:
+      >>> x = jnp.zeros((8, 1024, 64))
+      >>> attention_implementation(x, x, x), attention_implementation(x[:, :8], x, x)
+      ('blockwise', 'xla')
+    """
+    return _prepare(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, None,
+                    multi_head)[-1][0]
