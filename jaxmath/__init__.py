@@ -22,7 +22,19 @@ from jaxmath.diffusion import (
 from jaxmath.linalg import PCA, eig, eigh, linear, svd
 from jaxmath.losses import mse, softmax_cross_entropy
 from jaxmath.naive_bayes import GaussianNB
-from jaxmath.nn import attention, conv2d, convolve, log_softmax, softmax
+from jaxmath.nn import (
+    Conv2D,
+    MultiHeadAttention,
+    Transformer,
+    TransformerBlock,
+    TransformerLM,
+    attention,
+    conv2d,
+    convolve,
+    log_softmax,
+    multi_head_attention,
+    softmax,
+)
 from jaxmath.optim import (
     dense_sigmoid_mse,
     dense_sigmoid_mse_grads,
@@ -50,8 +62,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "PCA",
+    "Conv2D",
     "GaussianNB",
+    "MultiHeadAttention",
     "NoiseSchedule",
+    "Transformer",
+    "TransformerBlock",
+    "TransformerLM",
     "__version__",
     "attention",
     "bayes_posterior",
@@ -83,6 +100,7 @@ __all__ = [
     "make_schedule",
     "marginal",
     "mse",
+    "multi_head_attention",
     "mutual_information",
     "nn",
     "optimize",

@@ -1,0 +1,276 @@
+r"""Multi-head attention as a Flax (Linen) module, with GQA, qk-norm and a decode cache.
+
+:class:`MultiHeadAttention` projects its inputs to ``H`` query heads and ``H_kv``
+key/value heads, runs :func:`jaxmath.nn.attention.multi_head_attention` on the
+``[..., L, H, d]`` projections and projects the heads back:
+
+.. math:: \mathrm{MHA}(X_q, X_{kv}) = \sum_{h=1}^{H} O_h W^O_h + b^O, \qquad
+   O_h = \mathrm{softmax}\Big(\frac{Q_h K_{g(h)}^T}{\sqrt{d}}\Big) V_{g(h)},
+
+with :math:`Q_h = X_q W^Q_h + b^Q_h`, :math:`K_j = X_{kv} W^K_j + b^K_j`,
+:math:`V_j = X_{kv} W^V_j + b^V_j`, head size :math:`d = d_{qkv} / H` and the
+grouping :math:`g(h) = \lfloor h / G \rfloor`, :math:`G = H / H_{kv}`: query heads
+share key/value heads in consecutive groups of ``G`` (``H_kv = H`` is multi-head
+attention, ``H_kv = 1`` multi-query attention).
+
+Parameters have ``flax.linen.MultiHeadDotProductAttention``'s names and layouts
+(``query``/``key``/``value`` kernels ``[D, H, d]``, ``out`` kernel ``[H, d, D_out]``),
+so its checkpoints load unchanged when ``H_kv = H``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxmath import _checks
+from jaxmath.nn.attention import IMPLEMENTATIONS, multi_head_attention
+from jaxmath.nn.softmax import softmax
+
+Array = jax.Array
+Dtype = Any
+Initializer = Callable[..., Array]
+
+QK_NORMS = ("layernorm", "rmsnorm")
+
+
+def _positive_int(value: object, name: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    if value < 1:
+        raise ValueError(f"{name} must be >= 1, got {value}")
+    return value
+
+
+def _dropout_attention(q: Array, k: Array, v: Array, keep: Array | None, rate: float,
+                       rng: Array, broadcast: bool) -> Array:
+    r"""Reference attention with dropout on the weights, as flax.linen.dot_product_attention.
+
+    ``q`` is ``[..., Lq, H, d]``, ``k, v`` are ``[..., Lk, H_kv, d]``; ``keep`` is a
+    boolean mask broadcastable to ``[..., H, Lq, Lk]``. The weights
+    :math:`P = \mathrm{softmax}(QK^T/\sqrt{d})` (zeros on fully masked rows) are
+    multiplied by :math:`M / (1 - p)` with :math:`M \sim \mathrm{Bernoulli}(1 - p)`,
+    drawn once per ``[Lq, Lk]`` and shared by batch and heads if ``broadcast``.
+    """
+    h, h_kv, lq, lk = q.shape[-2], k.shape[-2], q.shape[-3], k.shape[-3]
+    g = h // h_kv
+    f32 = jnp.promote_types(q.dtype, jnp.float32)
+    q_g = q.reshape(*q.shape[:-2], h_kv, g, q.shape[-1])
+    logits = jnp.einsum("...qhgd,...khd->...hgqk", q_g, k, preferred_element_type=f32)
+    logits = logits.reshape(*logits.shape[:-4], h, lq, lk) / math.sqrt(q.shape[-1])
+    if keep is not None:
+        try:
+            shape = np.broadcast_shapes(logits.shape, keep.shape)
+        except ValueError:
+            raise ValueError(f"mask must broadcast to the scores [..., H, Lq, Lk] = "
+                             f"{tuple(logits.shape)}, got mask.shape={tuple(keep.shape)}") from None
+        logits = jnp.broadcast_to(logits, shape)
+    probs = softmax(logits, axis=-1, where=keep)
+    shape = (1,) * (probs.ndim - 2) + probs.shape[-2:] if broadcast else probs.shape
+    drop = jax.random.bernoulli(rng, 1.0 - rate, shape)
+    probs = jnp.where(drop, probs / (1.0 - rate), 0.0).astype(v.dtype)
+    probs = probs.reshape(*probs.shape[:-3], h_kv, g, lq, lk)
+    out = jnp.einsum("...hgqk,...khd->...qhgd", probs, v, preferred_element_type=f32)
+    return out.reshape(*out.shape[:-3], h, v.shape[-1]).astype(v.dtype)
+
+
+class MultiHeadAttention(nn.Module):
+    r"""Multi-head (and grouped-query) dot-product attention layer.
+
+    See the module docstring for the equation. Self-attention when ``inputs_kv``
+    is None, cross-attention otherwise.
+
+    Attributes:
+      num_heads: number of query heads ``H``.
+      num_kv_heads: number of key/value heads ``H_kv``; must divide ``num_heads``.
+        None (default) = ``num_heads``; fewer gives grouped-query attention (GQA),
+        1 gives multi-query attention. K/V heads are not copied: each serves a
+        group of ``G = H / H_kv`` query heads.
+      qkv_features: total query width ``H·d`` (default: ``inputs_q.shape[-1]``);
+        must be divisible by ``num_heads``. Keys and values have width ``H_kv·d``.
+      out_features: output width (default: ``inputs_q.shape[-1]``).
+      dropout_rate: dropout probability on the attention weights, as
+        ``flax.linen.MultiHeadDotProductAttention``: weights are zeroed with this
+        probability and rescaled by ``1/(1 - p)``, the same ``[Lq, Lk]`` pattern in
+        every batch element and head when ``broadcast_dropout``. Needs the
+        ``'dropout'`` rng. Dropout needs the ``[..., H, Lq, Lk]`` weights, so while it
+        is active the layer computes them (memory O(Lq·Lk), ``implementation``
+        ignored); with ``deterministic=True`` or rate 0 it calls
+        :func:`~jaxmath.nn.attention.multi_head_attention`.
+      broadcast_dropout: share the dropout pattern over batch and heads.
+      deterministic: disables dropout; merged with the call's argument (one of
+        them must be set when ``dropout_rate > 0``).
+      is_causal: query ``i`` attends only to keys ``j <= i``.
+      qk_norm: None, ``'layernorm'`` (as ViT-22B and flax's ``normalize_qk``: a
+        LayerNorm without bias) or ``'rmsnorm'``, applied to each head's queries and
+        keys over the head dimension ``d`` before the dot product.
+      decode: autoregressive decoding with a ``'cache'`` collection (causal
+        self-attention). ``init`` with a full-length input ``[..., L_max, D]``
+        creates zero caches of ``L_max`` keys and values; each ``apply`` with
+        ``mutable=['cache']`` then takes the next token(s) ``[..., n, D]``, writes
+        their keys/values at the cache index and attends to everything cached so
+        far. Feeding more than ``L_max`` tokens in total is not detected under jit.
+      implementation: passed to :func:`~jaxmath.nn.attention.multi_head_attention`
+        (``None``, ``'xla'``, ``'blockwise'`` or ``'cudnn'``).
+      use_bias: biases in the four projections.
+      dtype: computation dtype (default: inferred from inputs and params);
+        the softmax is computed in float32 whatever it is.
+      param_dtype: parameter dtype.
+      precision: of the projections.
+      kernel_init, bias_init: initialisers of the projections (flax's defaults:
+        LeCun normal and zeros).
+
+    Example:
+      >>> layer = MultiHeadAttention(num_heads=4, num_kv_heads=2, is_causal=True)
+      >>> x = jnp.ones((2, 5, 16))
+      >>> params = layer.init(jax.random.key(0), x)
+      >>> layer.apply(params, x).shape
+      (2, 5, 16)
+    """
+
+    num_heads: int
+    num_kv_heads: int | None = None
+    qkv_features: int | None = None
+    out_features: int | None = None
+    dropout_rate: float = 0.0
+    broadcast_dropout: bool = True
+    deterministic: bool | None = None
+    is_causal: bool = False
+    qk_norm: str | None = None
+    decode: bool = False
+    implementation: str | None = None
+    use_bias: bool = True
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: lax.PrecisionLike = None
+    kernel_init: Initializer = nn.initializers.lecun_normal()
+    bias_init: Initializer = nn.initializers.zeros_init()
+
+    def _check(self, features: int) -> tuple[int, int]:
+        """Validate the attributes; return ``(H_kv, d)``."""
+        h = _positive_int(self.num_heads, "num_heads")
+        h_kv = h if self.num_kv_heads is None else _positive_int(self.num_kv_heads,
+                                                                 "num_kv_heads")
+        if h % h_kv:
+            raise ValueError(f"num_kv_heads={h_kv} must divide num_heads={h}")
+        qkv = _positive_int(self.qkv_features or features, "qkv_features")
+        if qkv % h:
+            raise ValueError(f"qkv_features={qkv} must be divisible by num_heads={h}")
+        if not 0.0 <= self.dropout_rate < 1.0:
+            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        if self.qk_norm is not None:
+            _checks.check_choice(self.qk_norm, "qk_norm", QK_NORMS)
+        if self.implementation is not None:
+            _checks.check_choice(self.implementation, "implementation", IMPLEMENTATIONS)
+        return h_kv, qkv // h
+
+    def _project(self, x: Array, heads: int, head_dim: int, name: str) -> Array:
+        """``[..., L, D] -> [..., L, heads, head_dim]``."""
+        return nn.DenseGeneral((heads, head_dim), axis=-1, use_bias=self.use_bias,
+                               dtype=self.dtype, param_dtype=self.param_dtype,
+                               precision=self.precision, kernel_init=self.kernel_init,
+                               bias_init=self.bias_init, name=name)(x)
+
+    def _norm(self, x: Array, name: str) -> Array:
+        if self.qk_norm is None:
+            return x
+        norm = (nn.LayerNorm if self.qk_norm == "layernorm" else nn.RMSNorm)
+        kwargs = {"use_bias": False} if self.qk_norm == "layernorm" else {}
+        return norm(dtype=self.dtype, param_dtype=self.param_dtype, name=name, **kwargs)(x)
+
+    def _update_cache(self, k: Array, v: Array, mask: Array | None):
+        """Write ``k, v`` into the cache (after init); return keys, values, mask, causal."""
+        initialized = self.has_variable("cache", "cached_key")
+        cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+        cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+        index = self.variable("cache", "cache_index", lambda: jnp.array(0, jnp.int32))
+        if not initialized:  # init with a full-length input: plain causal attention
+            return k, v, mask, True
+        full = cached_k.value.shape
+        n, max_len = k.shape[-3], full[-3]
+        if k.shape[:-3] != full[:-3] or k.shape[-2:] != full[-2:] or n > max_len:
+            raise ValueError(
+                f"decode: the cache holds keys of shape {full} ([..., L_max, H_kv, d]); "
+                f"the input gives keys of shape {tuple(k.shape)}: the batch axes and "
+                f"heads must match and at most L_max={max_len} tokens fit")
+        i = index.value
+        start = (0,) * (k.ndim - 3) + (i, 0, 0)
+        cached_k.value = lax.dynamic_update_slice(cached_k.value, k, start)
+        cached_v.value = lax.dynamic_update_slice(cached_v.value, v, start)
+        index.value = i + n
+        # new token t (position i + t) sees the cached keys j <= i + t
+        seen = jnp.arange(max_len) <= i + jnp.arange(n)[:, None]
+        mask = seen if mask is None else jnp.logical_and(mask, seen)
+        return cached_k.value, cached_v.value, mask, False
+
+    @nn.compact
+    def __call__(self, inputs_q: Array, inputs_kv: Array | None = None, *,
+                 mask: Array | None = None, deterministic: bool | None = None) -> Array:
+        """Attend from ``inputs_q`` to ``inputs_kv`` (itself if None).
+
+        Args:
+          inputs_q: ``[..., Lq, D]`` queries' inputs.
+          inputs_kv: ``[..., Lk, D_kv]`` keys' and values' inputs; None for
+            self-attention (required with ``decode``).
+          mask: optional boolean mask broadcastable to ``[..., H, Lq, Lk]``, True =
+            attend; e.g. key padding ``valid[:, None, None, :]`` for ``valid`` of
+            shape ``[B, Lk]``. With ``decode``, ``Lk`` is the cache length ``L_max``.
+          deterministic: disables dropout (merged with the attribute).
+
+        Returns:
+          ``[..., Lq, out_features]``. A query that attends to no key gets zeros
+          before the output projection (so ``out``'s bias after it), with zero
+          gradients -- not the uniform average over keys of flax's layer.
+
+        Raises:
+          ValueError: head counts that do not divide (naming them), a mask that does
+            not broadcast, a decode input that does not fit the cache, a bad
+            ``dropout_rate``, ``qk_norm`` or ``implementation``.
+          TypeError: non-int head counts, a non-boolean mask, complex inputs.
+        """
+        inputs_q = _checks.as_float(inputs_q, "inputs_q")
+        _checks.check_ndim(inputs_q, "inputs_q", min_ndim=2)
+        h_kv, head_dim = self._check(inputs_q.shape[-1])
+        if inputs_kv is None:
+            inputs_kv = inputs_q
+        elif self.decode:
+            raise ValueError("decode=True caches self-attention: inputs_kv must be None")
+        else:
+            inputs_kv = _checks.as_float(inputs_kv, "inputs_kv")
+            _checks.check_ndim(inputs_kv, "inputs_kv", min_ndim=2)
+        if mask is not None:
+            mask = jnp.asarray(mask)
+            if mask.dtype != jnp.bool_:
+                raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
+
+        q = self._norm(self._project(inputs_q, self.num_heads, head_dim, "query"), "query_norm")
+        k = self._norm(self._project(inputs_kv, h_kv, head_dim, "key"), "key_norm")
+        v = self._project(inputs_kv, h_kv, head_dim, "value")
+
+        is_causal = self.is_causal
+        if self.decode:
+            k, v, mask, is_causal = self._update_cache(k, v, mask)
+
+        dropout = self.dropout_rate > 0.0 and not nn.merge_param(
+            "deterministic", self.deterministic, deterministic)
+        if dropout:
+            if is_causal:
+                causal = jnp.tril(jnp.ones((q.shape[-3], k.shape[-3]), bool))
+                mask = causal if mask is None else jnp.logical_and(mask, causal)
+            out = _dropout_attention(q, k, v, mask, self.dropout_rate, self.make_rng("dropout"),
+                                     self.broadcast_dropout)
+        else:
+            out = multi_head_attention(q, k, v, mask=mask, is_causal=is_causal,
+                                       implementation=self.implementation)
+        return nn.DenseGeneral(self.out_features or inputs_q.shape[-1], axis=(-2, -1),
+                               use_bias=self.use_bias, dtype=self.dtype,
+                               param_dtype=self.param_dtype, precision=self.precision,
+                               kernel_init=self.kernel_init, bias_init=self.bias_init,
+                               name="out")(out)
