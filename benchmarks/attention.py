@@ -252,7 +252,9 @@ def bench(quick: bool = False) -> dict:
         if c["length"] == max(lengths):
             ratio = _peak_bytes(c["memory"]["default"]) / _peak_bytes(c["memory"]["xla"])
             memory_checks[f"{c['mode']}{' causal' if c['is_causal'] else ''}"] = ratio
-    memory_ok = all(r <= MEMORY_GOAL for r in memory_checks.values())
+    memory_status = "pass" if all(r <= MEMORY_GOAL for r in memory_checks.values()) else "miss"
+    if quick:  # no L=8192 and no measured RSS: the plans alone are not the goal's figure
+        memory_status = "not checked (--quick)"
     record = dict(headline)
     record["status"] = "pass" if record["ratio"] >= GOAL else "miss"
     record.update({
@@ -261,7 +263,7 @@ def bench(quick: bool = False) -> dict:
                        f"{MEMORY_GOAL:g} x the xla path's (peak: the larger of XLA's planned "
                        f"temporaries + outputs and the measured RSS growth)",
         "memory_ratio_blockwise_over_xla": memory_checks,
-        "memory_status": "pass" if memory_ok else "miss",
+        "memory_status": memory_status,
         "cases": cases,
     })
     return record

@@ -39,6 +39,10 @@ def _sdpa(q, k, v, **kw):
     return F.scaled_dot_product_attention(_t(q), _t(k), _t(v), **kw).numpy()
 
 
+# jax.nn's reference, compiled as one program (eagerly it compiles op by op: slower).
+_jax_nn_attention = jax.jit(jax.nn.dot_product_attention, static_argnames="is_causal")
+
+
 def _random_mask(rng, shape):
     """A random boolean mask with at least one True per row (torch gives NaN otherwise)."""
     mask = rng.uniform(size=shape) < 0.6
@@ -107,13 +111,13 @@ def test_matches_jax_nn_dot_product_attention(rng):
         return jnp.swapaxes(x, 1, 2)
 
     for kw in ({"mask": mask, "bias": bias}, {"is_causal": True}):
-        ref = jax.nn.dot_product_attention(to_btnh(q), to_btnh(k), to_btnh(v), **kw)
+        ref = _jax_nn_attention(to_btnh(q), to_btnh(k), to_btnh(v), **kw)
         np.testing.assert_allclose(attention(q, k, v, **kw), to_btnh(ref), rtol=F32_LOOSE,
                                    atol=F32_LOOSE)
     # On a fully masked query jax.nn (a large finite negative logit) averages the values
     # uniformly; jaxmath gives zeros.
     mask[0, 1, 2] = False
-    ref = to_btnh(jax.nn.dot_product_attention(to_btnh(q), to_btnh(k), to_btnh(v), mask=mask))
+    ref = to_btnh(_jax_nn_attention(to_btnh(q), to_btnh(k), to_btnh(v), mask=mask))
     out = attention(q, k, v, mask=mask)
     np.testing.assert_allclose(ref[0, 1, 2], v[0, 1].mean(0), rtol=F32_LOOSE, atol=F32_LOOSE)
     np.testing.assert_array_equal(out[0, 1, 2], 0.0)
@@ -275,7 +279,7 @@ def test_key_lengths_match_a_padding_mask_torch_and_jax_nn(rng):
                                atol=F32_LOOSE)
     # The [..., L, H, d] layout takes lengths per batch element, like jax.nn.
     q_h, k_h, v_h = (np.swapaxes(a, 1, 2) for a in (q, k, v))
-    ref = jax.nn.dot_product_attention(q_h, k_h, v_h, key_value_seq_lengths=lengths)
+    ref = _jax_nn_attention(q_h, k_h, v_h, key_value_seq_lengths=lengths)
     np.testing.assert_allclose(multi_head_attention(q_h, k_h, v_h, key_lengths=lengths), ref,
                                rtol=F32_LOOSE, atol=F32_LOOSE)
     # 0 masks every key (zeros); lengths above Lk mask none.
@@ -298,7 +302,7 @@ def test_multi_head_gqa_matches_torch_and_jax_nn(rng):
                                          enable_gqa=True)
     np.testing.assert_allclose(out, np.swapaxes(ref.numpy(), 1, 2), rtol=F32_LOOSE,
                                atol=F32_LOOSE)
-    ref = jax.nn.dot_product_attention(q, k, v, bias=bias[None], mask=mask, is_causal=True)
+    ref = _jax_nn_attention(q, k, v, bias=bias[None], mask=mask, is_causal=True)
     np.testing.assert_allclose(out, ref, rtol=F32_LOOSE, atol=F32_LOOSE)
     # Query head i uses K/V head i // (H / H_kv): the [..., L, d] layout with repeated K/V.
     g = h // h_kv
@@ -356,6 +360,8 @@ def test_default_implementation_policy(rng, monkeypatch):
     # On CPU from CPU_BLOCKWISE_MIN_LENGTH queries and keys on: blockwise.
     assert attention_implementation(x, x, x, is_causal=True) == "blockwise"
     assert attention_implementation(x[:, :8], x, x) == "xla"         # 8 queries (decoding)
+    half = x[:, :512]                                                 # one query block
+    assert attention_implementation(half, half, half, is_causal=True) == "xla"
     assert attention_implementation(x, x, x, implementation="xla") == "xla"
     heads = jnp.zeros((1, 1024, 4, 8))
     assert attention_implementation(heads, heads[..., :1, :], heads[..., :1, :],

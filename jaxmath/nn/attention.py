@@ -37,9 +37,11 @@ IMPLEMENTATIONS = ("xla", "blockwise", "cudnn")
 #: several arrays of that size in a forward and backward pass.
 XLA_MEMORY_BUDGET_BYTES = 1 << 30
 #: On CPU the default path also goes blockwise from this many queries and keys on,
-#: where it was measured faster than xla (by 1.2x to 3x from 512 to 8192, more when
-#: causal: it skips the key blocks above the diagonal; see benchmarks/attention.py).
-CPU_BLOCKWISE_MIN_LENGTH = 512
+#: where it was measured faster than xla: 1.6x to 2.3x at L = 1024 and 2x to 6x at
+#: 4096 and 8192, forward or forward+backward (more when causal: it skips the key
+#: blocks above the diagonal); see benchmarks/results/cpu.json. At L = 512 (a single
+#: query block) xla was 1.3x to 2x faster.
+CPU_BLOCKWISE_MIN_LENGTH = 1024
 
 
 # --------------------------------------------------------------------------- checks
@@ -465,7 +467,7 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
         the call (:func:`attention_implementation` tells which): cuDNN where it can run
         (falling back if it refuses the call), else blockwise when the float32
         scores would exceed :data:`XLA_MEMORY_BUDGET_BYTES` (1 GiB) or, on CPU, when
-        ``Lq`` and ``Lk`` are both at least :data:`CPU_BLOCKWISE_MIN_LENGTH` (512),
+        ``Lq`` and ``Lk`` are both at least :data:`CPU_BLOCKWISE_MIN_LENGTH` (1024),
         else xla.
       block_size: ``block_q`` or ``(block_q, block_k)`` for the blockwise path
         (default ``(512, 256)``, tuned on CPU); ignored by a default call that runs
@@ -481,7 +483,7 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
       number) -- and its gradients with respect to every input are zero. Elsewhere
       gradients are those of the formula above, with respect to ``q``, ``k``, ``v``,
       ``bias`` and a traced ``scale``. The blockwise path (the default on CPU from
-      512 queries and keys) defines reverse mode only (``jax.grad``, ``jax.vjp``):
+      1024 queries and keys) defines reverse mode only (``jax.grad``, ``jax.vjp``):
       for ``jax.jvp`` pass ``implementation='xla'``.
 
     Raises:
