@@ -8,7 +8,7 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e .
+	$(PIP) install -e '.[experiments]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime pyproject.toml

@@ -1,0 +1,1 @@
+"""jaxmath's experiments: one module each, with ``run(config, workdir) -> summary``."""
