@@ -1,0 +1,444 @@
+"""``jaxmath run`` and ``jaxmath list``: config-driven experiments from the command line.
+
+::
+
+    jaxmath run CONFIG[:variant] --workdir DIR [--config.a.b=value ...] [--overwrite]
+    jaxmath list [--configs DIR]
+    python -m jaxmath ...                  # the same
+
+``run`` loads the config (:func:`jaxmath.config.load_config`: unknown keys and wrong types fail
+here, before any work), writes ``DIR/config.json``, imports ``experiments.<config.experiment>``
+from the repository that holds the config file (``<config dir>/../experiments/``), calls its
+``run(config, workdir)``, adds run facts to the returned summary and writes ``summary.json`` and
+``report.md``; it ends by printing the summary table and the report's path.
+
+Resuming: running again with the same ``--workdir`` continues the run (the training loop resumes
+from its last checkpoint). The stored ``config.json`` must then equal the new resolved config
+except for the top-level keys in :data:`RESUMABLE_KEYS` (``num_steps``, ``log_every``,
+``checkpoint_every``), which extend or re-pace a run without changing its result, and fields
+derived from them by ``get_ref``; any other difference is refused with exit status 2, naming
+the differing keys. ``--overwrite`` starts afresh: it deletes the run files listed in
+:data:`RUN_FILES` from the workdir (nothing else).
+
+Multi-process runs: when the environment asks for one (``JAX_COORDINATOR_ADDRESS``,
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; see :func:`jaxmath.sweep.init_distributed`), ``run``
+joins the job before any JAX computation; every process runs the experiment, and only process 0
+writes ``config.json``, ``summary.json``, ``report.md`` and plots, and prints the summary.
+
+Exit status: 0 on success; 2 for a usage or config error (one line on stderr, no traceback);
+1 when the run stops on a non-finite loss (one line naming the step); 130 when interrupted
+(run again with the same workdir to resume). Other errors propagate with their traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import copy
+import importlib
+import importlib.util
+import json
+import os
+import shlex
+import shutil
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+from jaxmath.config import (
+    ConfigError,
+    config_docstring,
+    config_to_dict,
+    find_repo,
+    load_config,
+    resolve_spec,
+)
+
+__all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "main", "run_experiment"]
+
+RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every")
+"""Top-level config keys that may differ from the stored config.json when a run is resumed."""
+
+RUN_FILES = ("config.json", "summary.json", "report.md", "metrics.jsonl", "sweep.jsonl",
+             "sweep.csv", "plots", "checkpoints")
+"""What ``--overwrite`` deletes from a workdir before starting afresh."""
+
+_PROG = "jaxmath"
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _diff(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """Dotted keys where two JSON trees differ, with both values."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        out = []
+        for key in sorted(set(old) | set(new), key=str):
+            path = f"{prefix}{key}"
+            if key not in old:
+                out.append(f"{path}: (absent) -> {json.dumps(new[key])}")
+            elif key not in new:
+                out.append(f"{path}: {json.dumps(old[key])} -> (absent)")
+            else:
+                out.extend(_diff(old[key], new[key], path + "."))
+        return out
+    if old != new:
+        return [f"{prefix.rstrip('.')}: {json.dumps(old)} -> {json.dumps(new)}"]
+    return []
+
+
+def _check_workdir(workdir: Path, config, overwrite: bool, writer: bool) -> None:
+    """Refuse to mix two configs in one workdir; with ``overwrite``, clear the old run.
+
+    The new config is compared with the stored one after setting its :data:`RESUMABLE_KEYS` to
+    the stored values, so fields derived from them (``config.get_ref("num_steps") * 2``) may
+    change with them.
+    """
+    stored_path = workdir / "config.json"
+    if overwrite:
+        if writer:
+            for name in RUN_FILES:
+                target = workdir / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                elif target.exists() or target.is_symlink():
+                    target.unlink()
+        return
+    if not stored_path.exists():
+        return
+    try:
+        stored = json.loads(stored_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise ConfigError(
+            f"cannot read {stored_path}: {e}; pass --overwrite to start afresh") from None
+    if not isinstance(stored, dict):
+        raise ConfigError(f"{stored_path} is not a config; pass --overwrite to start afresh")
+    probe = copy.deepcopy(config)
+    for key in RESUMABLE_KEYS:
+        if key in stored and key in probe:
+            try:
+                probe[key] = stored[key]
+            except (TypeError, ValueError):
+                pass  # a type change shows up in the diff below
+    changes = _diff(stored, config_to_dict(probe))
+    if changes:
+        shown = "; ".join(changes[:3])
+        if len(changes) > 3:
+            shown += f"; and {len(changes) - 3} more"
+        raise ConfigError(
+            f"{workdir} holds a run with a different config ({shown}); only "
+            f"{', '.join(RESUMABLE_KEYS)} may change on resume: use another --workdir, "
+            "or --overwrite to start afresh")
+
+
+def _is_package_in(module_or_spec_paths, package_dir: Path) -> bool:
+    return any(Path(p).resolve() == package_dir for p in module_or_spec_paths or ())
+
+
+@contextlib.contextmanager
+def _experiments_package(repo: Path) -> Iterator[None]:
+    """Make ``import experiments.<name>`` load from ``repo/experiments``.
+
+    The repository root goes first on ``sys.path`` unless ``experiments`` already resolves
+    there. If another repository's ``experiments`` package is already imported (tests use
+    several repositories in one process), it is set aside while the run lasts and restored after.
+    """
+    package_dir = (repo / "experiments").resolve()
+    loaded = sys.modules.get("experiments")
+    if loaded is not None and _is_package_in(getattr(loaded, "__path__", ()), package_dir):
+        yield
+        return
+    saved = {k: m for k, m in sys.modules.items()
+             if k == "experiments" or k.startswith("experiments.")}
+    for key in saved:
+        del sys.modules[key]
+    root = str(repo.resolve())
+    importlib.invalidate_caches()
+    spec = importlib.util.find_spec("experiments")
+    inserted = spec is None or not _is_package_in(spec.submodule_search_locations, package_dir)
+    if inserted:
+        sys.path.insert(0, root)
+    try:
+        yield
+    finally:
+        if saved:  # give the other repository its package back
+            for key in [k for k in sys.modules
+                        if k == "experiments" or k.startswith("experiments.")]:
+                del sys.modules[key]
+            sys.modules.update(saved)
+            if inserted:
+                sys.path.remove(root)
+
+
+def _init_distributed() -> bool:
+    """Join a multi-process JAX job if the environment asks for one (before any computation)."""
+    try:
+        from jaxmath.sweep import init_distributed
+    except ModuleNotFoundError as e:
+        if e.name != "jaxmath.sweep":
+            raise
+        if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
+            return False
+        import jax
+
+        if not jax.distributed.is_initialized():
+            jax.distributed.initialize()  # reads JAX_COORDINATOR_ADDRESS and friends
+        return True
+    return init_distributed()
+
+
+def _run_facts(wall_time_s: float) -> dict[str, Any]:
+    import jax
+
+    import jaxmath
+
+    devices = jax.devices()
+    facts = {
+        "wall_time_s": round(wall_time_s, 3),
+        "jax_version": jax.__version__,
+        "jaxmath_version": jaxmath.__version__,
+        "backend": jax.default_backend(),
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+    }
+    if jax.process_count() > 1:
+        facts["processes"] = jax.process_count()
+    return facts
+
+
+# ----------------------------------------------------------------------------- run and list
+
+
+def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[str] = (), *,
+                   overwrite: bool = False, verbose: bool = True) -> dict[str, Any]:
+    """Run the experiment a config names, in ``workdir``, and return its summary.
+
+    Args:
+      spec: ``path/to/config.py[:variant]`` (or a bare config name, looked up in the ``configs/``
+        folder of the repository that holds the current directory).
+      workdir: the run directory (created if needed); see the module docstring on resuming.
+      overrides: ``--config.a.b=value`` strings.
+      overwrite: delete the workdir's previous run files (:data:`RUN_FILES`) first.
+      verbose: print the summary table and the report's path at the end.
+
+    Returns:
+      The experiment's summary, plus ``wall_time_s`` (seconds spent in ``run``),
+      ``jax_version``, ``jaxmath_version``, ``backend`` and ``devices`` (``"N x kind"``).
+
+    Raises:
+      ConfigError: a bad config, override or experiment name, or a workdir that holds a run with
+        a different config; raised before the experiment starts.
+
+    Example:
+      >>> run_experiment("missing.py", "/tmp/x")
+      Traceback (most recent call last):
+      ...
+      jaxmath.config.ConfigError: config file 'missing.py' not found ...
+    """
+    overrides = list(overrides)
+    config_path, variant = resolve_spec(spec)
+    config = load_config(spec, overrides)
+    name = config.get("experiment")
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError(
+            f"{config_path.name}: config.experiment must name a module in experiments/, "
+            f"got {name!r}")
+    repo = config_path.parent.parent
+    if not (repo / "experiments" / f"{name}.py").is_file():
+        raise ConfigError(
+            f"config.experiment={name!r}: no {repo / 'experiments' / (name + '.py')}")
+    workdir = Path(workdir)
+    if workdir.exists() and not workdir.is_dir():
+        raise ConfigError(f"--workdir {str(workdir)!r} exists and is not a directory")
+    resolved = config_to_dict(config)
+
+    _init_distributed()
+    import jax
+
+    writer = jax.process_index() == 0
+    _check_workdir(workdir, config, overwrite, writer)
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices("jaxmath.cli: workdir checked")
+
+    from jaxmath.train.files import atomic_write_json
+    from jaxmath.train.report import summary_table, write_report, write_summary
+
+    if writer:
+        workdir.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(workdir / "config.json", resolved)
+    if verbose and writer:
+        print(f"{_PROG}: experiments/{name}.py in {workdir} (config {spec})", flush=True)
+    with _experiments_package(repo):
+        module = importlib.import_module(f"experiments.{name}")
+        if not callable(getattr(module, "run", None)):
+            raise ConfigError(f"experiments/{name}.py defines no run(config, workdir)")
+        start = time.perf_counter()
+        summary = module.run(config, workdir)
+        wall_time_s = time.perf_counter() - start
+    if summary is None:
+        summary = {}
+    if not isinstance(summary, dict):
+        raise TypeError(
+            f"experiments.{name}.run must return a dict summary, got {type(summary).__name__}")
+    summary = {**summary, **_run_facts(wall_time_s)}
+
+    title = name if variant is None else f"{name} ({variant})"
+    command = shlex.join([_PROG, "run", spec, "--workdir", str(workdir), *overrides])
+    summary_path = write_summary(workdir, summary)
+    report_path = write_report(workdir, summary, title,
+                               doc=config_docstring(config_path), command=command)
+    if verbose and writer:
+        print(f"\n{title}: summary ({summary_path})")
+        print(summary_table(summary))
+        print(f"report: {report_path}", flush=True)
+    return summary
+
+
+def list_configs(configs_dir: str | os.PathLike) -> list[tuple[str, str]]:
+    """``(name, first docstring line)`` for each ``configs_dir/*.py``, sorted by name.
+
+    The files are read, not executed. Files whose name starts with ``_`` are skipped.
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> d = pathlib.Path(tempfile.mkdtemp())
+      >>> _ = (d / "echo.py").write_text('\"\"\"Echo a number.\"\"\"\\n')
+      >>> list_configs(d)
+      [('echo', 'Echo a number.')]
+    """
+    rows = []
+    for path in sorted(Path(configs_dir).glob("*.py")):
+        if path.name.startswith("_"):
+            continue
+        doc = config_docstring(path).strip()
+        rows.append((path.stem, doc.splitlines()[0] if doc else "(no docstring)"))
+    return rows
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    if args.configs is not None:
+        configs_dir = Path(args.configs)
+        if not configs_dir.is_dir():
+            raise ConfigError(f"--configs {args.configs!r} is not a directory")
+    else:
+        repo = find_repo()
+        if repo is None:
+            raise ConfigError(
+                f"no configs/ directory in {Path.cwd()} or above; pass --configs DIR")
+        configs_dir = repo / "configs"
+    rows = list_configs(configs_dir)
+    if not rows:
+        print(f"no configs in {configs_dir}")
+        return 0
+    width = max(len(name) for name, _ in rows)
+    for name, line in rows:
+        print(f"{name:<{width}}  {line}")
+    shown = os.path.relpath(configs_dir)
+    print(f"\n{len(rows)} configs in {shown}; run one with "
+          f"`{_PROG} run {shown}/<name>.py --workdir runs/<name>`")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
+    run_experiment(args.config, args.workdir, overrides, overwrite=args.overwrite)
+    return 0
+
+
+# ----------------------------------------------------------------------------- argv
+
+
+class _Parser(argparse.ArgumentParser):
+    """An argparse parser whose errors are one line on stderr, exit status 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see '{self.prog} --help')\n")
+
+
+def _split_overrides(argv: Sequence[str]) -> tuple[list[str], list[str]]:
+    """Separate ``--config.a.b=v`` / ``--config.a.b v`` / ``--config.flag`` from other args."""
+    rest, overrides = [], []
+    i = 0
+    while i < len(argv):
+        token = argv[i]
+        if token.startswith("--config."):
+            if "=" not in token and i + 1 < len(argv) and not argv[i + 1].startswith("-"):
+                token = f"{token}={argv[i + 1]}"
+                i += 1
+            overrides.append(token)
+        else:
+            rest.append(token)
+        i += 1
+    return rest, overrides
+
+
+def _build_parser() -> _Parser:
+    parser = _Parser(prog=_PROG, description="Config-driven jaxmath experiments.")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="{run,list}")
+    run = commands.add_parser(
+        "run", help="run an experiment from its config",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Run the experiment of a configs/<name>.py file in --workdir.\n\n"
+                    "Override config fields with --config.a.b=value (parsed to the type of the\n"
+                    "field; an unknown key or a wrong type fails before any work). Running\n"
+                    "again with the same workdir resumes; only num_steps, log_every and\n"
+                    "checkpoint_every may change then, unless --overwrite.",
+        epilog="examples:\n"
+               "  jaxmath run configs/ddpm_2d.py --workdir runs/ddpm_2d\n"
+               "  jaxmath run configs/ddpm_2d.py:quick --workdir /tmp/q "
+               "--config.optim.learning_rate=3e-4\n"
+               "  jaxmath list")
+    run.add_argument("config", metavar="CONFIG[:variant]",
+                     help="config file, e.g. configs/ddpm_2d.py or configs/ddpm_2d.py:quick")
+    run.add_argument("--workdir", required=True, metavar="DIR",
+                     help="run directory: config.json, metrics.jsonl, summary.json, plots/, "
+                          "checkpoints/, report.md")
+    run.add_argument("--overwrite", action="store_true",
+                     help="delete the workdir's previous run files and start afresh")
+    listing = commands.add_parser("list", help="list the experiments' configs",
+                                  description="Name and first docstring line of each "
+                                              "configs/*.py of the repository around the "
+                                              "current directory.")
+    listing.add_argument("--configs", metavar="DIR", default=None,
+                         help="the configs folder (default: configs/ of the nearest enclosing "
+                              "directory that has one)")
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``jaxmath`` command; returns the exit status.
+
+    Example:
+      >>> main(["list", "--configs", "/nonexistent"])
+      2
+    """
+    argv = list(sys.argv[1:] if argv is None else argv)
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    parser = _build_parser()
+    rest, overrides = _split_overrides(argv)
+    try:
+        args = parser.parse_args(rest)
+        if overrides and args.command != "run":
+            parser.error(f"--config.* overrides apply to 'run' only, got {overrides[0]}")
+    except SystemExit as e:  # --help or a usage error; argparse has printed it
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        if args.command == "list":
+            return _cmd_list(args)
+        return _cmd_run(args, overrides)
+    except ConfigError as e:
+        print(f"{_PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 2
+    except FloatingPointError as e:  # NonFiniteLossError: the message names the step
+        print(f"{_PROG}: error: {_one_line(e)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print(f"{_PROG}: interrupted; run again with the same --workdir to resume",
+              file=sys.stderr)
+        return 130

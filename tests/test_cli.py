@@ -1,0 +1,221 @@
+"""`jaxmath run|list` on a tiny fixture repository (tests/fixtures: configs/ + experiments/)."""
+
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import pytest
+
+from jaxmath import cli
+from jaxmath.cli import RUN_FILES, list_configs, main, run_experiment
+from jaxmath.config import ConfigError
+
+FIXTURES = Path(__file__).parent / "fixtures"
+ECHO = str(FIXTURES / "configs" / "echo.py")
+FACTS = {"wall_time_s", "jax_version", "jaxmath_version", "backend", "devices"}
+
+
+@pytest.fixture(autouse=True)
+def _isolated_imports(monkeypatch):
+    """Restore sys.path and the `experiments` package after each test (fixture repo)."""
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    saved = {k: m for k, m in sys.modules.items()
+             if k == "experiments" or k.startswith("experiments.")}
+    yield
+    for key in [k for k in sys.modules if k == "experiments" or k.startswith("experiments.")]:
+        del sys.modules[key]
+    sys.modules.update(saved)
+
+
+# ----------------------------------------------------------------------------- list
+
+
+def test_list_configs():
+    rows = list_configs(FIXTURES / "configs")
+    assert rows == [
+        ("echo", "Echo: doubles config.value, logs it, and draws one plot (a CLI test fixture)."),
+        ("nodoc", "(no docstring)")]
+
+
+def test_list_finds_the_repo_from_the_cwd(monkeypatch, capsys):
+    monkeypatch.chdir(FIXTURES / "experiments")
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert out.splitlines()[0].split()[:2] == ["echo", "Echo:"]
+    assert "nodoc  (no docstring)" in out and "2 configs in" in out
+
+
+def test_list_without_a_repo(monkeypatch, tmp_path, capsys):
+    monkeypatch.chdir(tmp_path)
+    assert main(["list"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no configs/ directory" in err and "--configs DIR" in err
+
+
+# ----------------------------------------------------------------------------- run
+
+
+def test_run_writes_every_file(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    summary = run_experiment(f"{ECHO}:quick", workdir, ["--config.value=2"])
+    assert summary["doubled"] == 4.0 and summary["num_steps"] == 2
+    assert summary["config_written_first"] is True  # config.json exists before run() starts
+    assert FACTS <= set(summary)
+    assert summary["jax_version"] == jax.__version__ and summary["backend"] == "cpu"
+    assert summary["devices"].startswith(f"{jax.device_count()} x ")
+
+    config = json.loads((workdir / "config.json").read_text())
+    assert config["value"] == 2.0 and config["num_steps"] == 2 and config["eval_steps"] == 2
+    assert json.loads((workdir / "summary.json").read_text()) == summary
+    assert (workdir / "plots" / "echo.png").is_file()
+    report = (workdir / "report.md").read_text()
+    assert report.startswith("# echo (quick)\n")
+    assert "jaxmath run tests/fixtures/configs/echo.py --workdir runs/echo" in report
+    assert f"--workdir {workdir} --config.value=2" in report
+    assert "![echo](plots/echo.png)" in report and "| doubled | 4 |" in report
+    assert "[metrics.jsonl](metrics.jsonl)" in report
+
+    out = capsys.readouterr().out
+    assert "doubled" in out and "wall_time_s" in out
+    assert out.rstrip().endswith(f"report: {workdir / 'report.md'}")
+
+
+def test_resume_policy(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main(["run", ECHO, "--workdir", str(workdir)]) == 0
+    # the same config, or one that only extends the run, resumes in the same workdir
+    assert main(["run", ECHO, "--workdir", str(workdir)]) == 0
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.num_steps=8",
+                 "--config.log_every", "4"]) == 0  # eval_steps and twice_steps follow num_steps
+    stored = json.loads((workdir / "config.json").read_text())
+    assert (stored["num_steps"], stored["log_every"], stored["twice_steps"]) == (8, 4, 16)
+    capsys.readouterr()
+    # anything else is refused, before the run starts, naming what differs
+    (workdir / "summary.json").unlink()
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.value=9"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert "holds a run with a different config (value: 1.5 -> 9.0)" in err
+    assert "--overwrite" in err
+    assert not (workdir / "summary.json").exists()
+    # --overwrite deletes the old run files (only those) and starts afresh
+    (workdir / "notes.txt").write_text("mine")
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.value=9", "--overwrite"]) == 0
+    assert json.loads((workdir / "config.json").read_text())["value"] == 9.0
+    assert len((workdir / "metrics.jsonl").read_text().splitlines()) == 3
+    assert (workdir / "notes.txt").read_text() == "mine"
+    assert set(RUN_FILES) >= {"config.json", "metrics.jsonl", "checkpoints", "plots"}
+
+
+def test_unknown_key_fails_before_any_work(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    code = main(["run", ECHO, "--workdir", str(workdir), "--config.optim.learning_rat=1e-3"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err == ("jaxmath: error: unknown config key 'optim.learning_rat'; "
+                   "closest valid keys: optim.learning_rate\n")
+    assert not workdir.exists()
+
+
+W = "--workdir={w}"
+BAD_RUNS = [
+    # (argv after "run" ({w}: a fresh workdir), exit status, pattern of the one-line error)
+    ([ECHO, W, "--config.seed=1.5"], 2, r"config key 'seed' expects int, got '1\.5'"),
+    ([f"{ECHO}:huge", W], 2, r"unknown variant 'huge'"),
+    (["no/such.py", W], 2, r"config file 'no/such\.py' not found"),
+    ([str(FIXTURES / "configs" / "nodoc.py"), W], 2,
+     r"config\.experiment='missing': no .*missing\.py"),
+    ([ECHO, W, "--config.mode=nonfinite"], 1, r"non-finite loss nan at step 3"),
+    ([ECHO, W, "--config.mode=interrupt"], 130,
+     r"interrupted; run again with the same --workdir to resume"),
+    ([ECHO], 2, r"the following arguments are required: --workdir"),
+    ([ECHO, W, "--bogus"], 2, r"unrecognized arguments: --bogus"),
+    ([W], 2, r"the following arguments are required: CONFIG\[:variant\]"),
+]
+
+
+@pytest.mark.parametrize(("args", "code", "pattern"), BAD_RUNS)
+def test_run_errors_are_one_line(tmp_path, capsys, args, code, pattern):
+    argv = [a.format(w=tmp_path / "w") for a in args]
+    assert main(["run", *argv]) == code
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("jaxmath"), err
+    assert "Traceback" not in err
+    assert re.search(pattern, err), err
+
+
+def test_overrides_only_apply_to_run(capsys):
+    assert main(["list", "--config.seed=1"]) == 2
+    assert "apply to 'run' only" in capsys.readouterr().err
+
+
+def test_override_forms_on_the_command_line():
+    rest, overrides = cli._split_overrides(
+        ["run", "c.py", "--config.a=1", "--config.b", "2", "--config.flag", "--workdir", "w"])
+    assert rest == ["run", "c.py", "--workdir", "w"]
+    assert overrides == ["--config.a=1", "--config.b=2", "--config.flag"]
+
+
+def test_bad_config_experiment_name(tmp_path):
+    (tmp_path / "configs").mkdir()
+    spec = tmp_path / "configs" / "c.py"
+    spec.write_text("def get_config():\n    return {'experiment': 'no-module', 'seed': 0}\n")
+    with pytest.raises(ConfigError, match=r"config\.experiment must name a module"):
+        run_experiment(str(spec), tmp_path / "w")
+
+
+def test_another_repos_experiments_package_is_restored(tmp_path):
+    import experiments  # this repository's package (tests run from its root)
+
+    before = sys.modules["experiments"]
+    run_experiment(ECHO, tmp_path / "w", verbose=False)
+    assert sys.modules["experiments"] is before is experiments
+    assert "experiments.echo" not in sys.modules
+
+
+def test_multi_process_only_process_zero_writes(tmp_path, monkeypatch):
+    calls = []
+    import jaxmath.sweep
+
+    monkeypatch.setattr(jaxmath.sweep, "init_distributed", lambda: calls.append(1) or False)
+    monkeypatch.setattr(jax, "process_index", lambda: 1)
+    summary = run_experiment(ECHO, tmp_path / "w", verbose=False)
+    assert calls == [1]  # asked before any computation
+    assert summary["doubled"] == 3.0
+    written = {p.name for p in (tmp_path / "w").iterdir()} if (tmp_path / "w").exists() else set()
+    assert not written & {"config.json", "summary.json", "report.md", "plots"}
+
+
+# ----------------------------------------------------------------------------- subprocess
+
+
+def _env():
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    env.pop("JAX_COORDINATOR_ADDRESS", None)
+    return env
+
+
+def test_python_m_jaxmath_run(tmp_path):
+    workdir = tmp_path / "w"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxmath", "run", "configs/echo.py:quick", "--workdir",
+         str(workdir), "--config.value", "1"],
+        cwd=FIXTURES, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().endswith(f"report: {workdir / 'report.md'}")
+    assert json.loads((workdir / "summary.json").read_text())["doubled"] == 2.0
+
+
+def test_console_script_unknown_key_exits_2(tmp_path):
+    script = Path(sys.executable).parent / "jaxmath"
+    command = [str(script)] if script.exists() else [sys.executable, "-m", "jaxmath"]
+    proc = subprocess.run(
+        [*command, "run", ECHO, "--workdir", str(tmp_path / "w"), "--config.sed=1"],
+        env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert proc.stderr == "jaxmath: error: unknown config key 'sed'; closest valid keys: seed\n"
+    assert not (tmp_path / "w").exists()
