@@ -33,6 +33,7 @@ REGISTRY = {
     "gd_sweep": "benchmarks.gd_sweep",
     "pca": "benchmarks.pca",
     "attention": "benchmarks.attention",
+    "sweep": "benchmarks.sweep",
 }
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "cpu.json"
 FIELDS = {

@@ -1,0 +1,106 @@
+"""run_sweep on 4 devices and across 2 processes equals a one-device run.
+
+JAX reads XLA_FLAGS and starts its devices once per process, so each case runs
+tests/_sweep_job.py in fresh subprocesses (started together, with timeouts):
+  * one process with --xla_force_host_platform_device_count=4;
+  * two processes on localhost joined by init_distributed() (JAX_COORDINATOR_ADDRESS,
+    JAX_NUM_PROCESSES, JAX_PROCESS_ID), with 2 devices each: 4 global devices.
+The reference is the same sweep in this process on a one-device mesh.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from jaxmath.sweep import run_sweep
+from tests._sweep_job import CHUNK_SIZE, HPARAMS, train
+from tests.tolerances import F32_ATOL, F32_RTOL
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT_S = 180  # per job; a hung collective fails the test instead of hanging it
+DIST_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
+             "JAXMATH_DISTRIBUTED")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _start(devices: int, **env_vars: str) -> subprocess.Popen:
+    env = {k: v for k, v in os.environ.items() if k not in DIST_VARS}
+    flags = [f for f in env.get("XLA_FLAGS", "").split()
+             if not f.startswith("--xla_force_host_platform_device_count")]
+    env["XLA_FLAGS"] = " ".join([*flags, f"--xla_force_host_platform_device_count={devices}"])
+    env["JAX_PLATFORMS"] = "cpu"
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")])
+    env.update(env_vars)
+    return subprocess.Popen([sys.executable, "-m", "tests._sweep_job"], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def _result(proc: subprocess.Popen, name: str) -> dict:
+    try:
+        out, err = proc.communicate(timeout=TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        out, err = proc.communicate()
+        pytest.fail(f"{name} timed out after {TIMEOUT_S} s; stderr:\n{err[-3000:]}")
+    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
+    if proc.returncode != 0 or not lines:
+        pytest.fail(f"{name} exited with {proc.returncode}; stderr:\n{err[-3000:]}")
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+@pytest.fixture(scope="module")
+def jobs():
+    """Start the three subprocesses together, compute the reference meanwhile, collect."""
+    address = f"127.0.0.1:{_free_port()}"
+    procs = {"four_devices": _start(4)}
+    for i in range(2):
+        procs[f"process_{i}"] = _start(2, JAX_COORDINATOR_ADDRESS=address,
+                                       JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
+    try:
+        one_device = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("sweep",))
+        reference = run_sweep(train, HPARAMS, mesh=one_device)
+        results = {name: _result(proc, name) for name, proc in procs.items()}
+    finally:
+        for proc in procs.values():
+            if proc.poll() is None:
+                proc.kill()
+                proc.communicate()
+    return reference, results
+
+
+def _assert_equal_to(reference, got):
+    for name, want in reference.items():
+        np.testing.assert_allclose(np.asarray(got[name]), want, rtol=F32_RTOL, atol=F32_ATOL,
+                                   err_msg=name)
+
+
+def test_four_devices_equal_one_device(jobs):
+    reference, results = jobs
+    r = results["four_devices"]
+    assert r["num_devices"] == 4 and r["process_count"] == 1 and not r["distributed"]
+    # every chunk's results were spread over the 4 devices, one configuration each
+    assert r["devices_per_result"] == [4] and CHUNK_SIZE == 4
+    _assert_equal_to(reference, r["results"])
+
+
+def test_two_processes_equal_one_process(jobs):
+    reference, results = jobs
+    for i in range(2):
+        r = results[f"process_{i}"]
+        assert r["distributed"] and r["process_index"] == i and r["process_count"] == 2
+        assert r["num_devices"] == 4 and r["devices_per_result"] == [4]
+        _assert_equal_to(reference, r["results"])  # gathered to every process
