@@ -1,0 +1,404 @@
+r"""A training loop that resumes bit-identically after a kill and stops on a non-finite loss.
+
+:func:`train_loop` applies ``state_{s} = step_fn(state_{s-1}, batch_fn(s - 1))`` for
+``s = 1 .. num_steps``. Step numbers count completed updates (like optax's and
+flax's ``step``): the row ``{"step": s, "loss": ...}`` of ``metrics.jsonl`` holds
+the metrics of update ``s``, and the checkpoint ``s`` holds ``state_s``.
+
+Resuming: the state is restored from the newest good checkpoint ``s`` (see
+:class:`~jaxmath.train.checkpoint.Checkpointer`), the rows after ``s`` are dropped
+from ``metrics.jsonl`` and the loop goes on with ``batch_fn(s)``. Because the
+state (parameters, optimiser state, PRNG keys) is restored exactly and
+``batch_fn`` is a function of the step alone, the resumed run computes the same
+numbers as an uninterrupted one: bit-identical on CPU.
+
+Non-finite losses: the jitted step also records, on the device, the first update
+whose loss is nan or ±inf. The loop looks at that record at log and checkpoint
+steps (no checkpoint is saved without looking), and on a hit it restores the
+newest checkpoint, replays the few updates up to the one before the bad loss
+(same compiled step, same batches, so the same bits), saves that state and
+raises :class:`NonFiniteLossError`.
+
+Speed: nothing leaves the device between log steps. A log step's values are
+copied to the host asynchronously and written (and shown) when the next log step
+is reached, so logging does not stall the device either; only checkpoint steps
+wait, to check the losses before saving. The loop adds little to a bare Python
+loop of the jitted step.
+"""
+
+from __future__ import annotations
+
+import collections
+import functools
+import math
+import sys
+import time
+import warnings
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+from tqdm.auto import tqdm
+
+from jaxmath._checks import check_choice
+from jaxmath.train.checkpoint import Checkpointer
+from jaxmath.train.files import MetricsLog
+
+PyTree = Any
+
+__all__ = ["NonFiniteLossError", "TrainResult", "train_loop"]
+
+PROGRESS_MODES = ("auto", "bar", "lines", "none")
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A training step produced a non-finite loss; the message names the step.
+
+    Attributes:
+      step: the update whose loss was non-finite (computed on ``batch_fn(step - 1)``).
+      loss: that loss value (nan or ±inf).
+      saved_step: the checkpoint holding the last state with a finite loss
+        (``step - 1``), or None if nothing was saved.
+    """
+
+    def __init__(self, step: int, loss: float = math.nan, saved_step: int | None = None,
+                 directory: str | None = None):
+        super().__init__(step, loss, saved_step, directory)
+        self.step, self.loss, self.saved_step, self.directory = step, loss, saved_step, directory
+
+    def __str__(self) -> str:
+        msg = f"non-finite loss {self.loss} at step {self.step} (batch_fn({self.step - 1}))"
+        if self.saved_step is not None:
+            msg += (f"; the state before it is checkpointed as step {self.saved_step} "
+                    f"in {self.directory}, and metrics.jsonl holds the rows up to it")
+        return msg
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train_loop` returns.
+
+    Attributes:
+      state: the final state (after ``num_steps`` updates).
+      history: every row of ``metrics.jsonl``, across resumed runs, oldest first.
+    """
+
+    state: PyTree
+    history: list[dict]
+
+
+# --------------------------------------------------------------------------- checks
+
+
+def _check_int(value: object, name: str, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+        raise TypeError(f"{name} must be an int, got {type(value).__name__}")
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def _check_callable(fn: object, name: str) -> None:
+    if not callable(fn):
+        raise TypeError(f"{name} must be callable, got {type(fn).__name__}")
+
+
+# --------------------------------------------------------------------------- the step
+
+
+def _guarded_step(step_fn: Callable, state: PyTree, batch: Any,
+                  carry: jax.Array) -> tuple[PyTree, Mapping, jax.Array]:
+    """``step_fn`` plus a non-finite watch that stays on the device.
+
+    ``carry`` is one ``int32[3]`` array (one buffer in, one out: cheaper to pass
+    than three): the updates done, the first update whose loss was non-finite (0
+    if none), and that loss's float32 bits. The loop reads it only at log and
+    checkpoint steps, so nothing is transferred per step. Checks run at trace time.
+    """
+    new_state, metrics = step_fn(state, batch)
+    if not isinstance(metrics, Mapping) or "loss" not in metrics:
+        got = list(metrics) if isinstance(metrics, Mapping) else type(metrics).__name__
+        raise ValueError(
+            f"step_fn must return (state, metrics) with a 'loss' in metrics, got {got}")
+    loss = jnp.asarray(metrics["loss"])
+    if loss.ndim != 0:
+        raise ValueError(f"metrics['loss'] must be a scalar, got shape {loss.shape}")
+    old_def, new_def = jax.tree.structure(state), jax.tree.structure(new_state)
+    if old_def != new_def:
+        raise TypeError(f"step_fn must return a state of the same structure: got "
+                        f"{new_def} for a state {old_def}")
+
+    def check(path, new, old):
+        new, old = jnp.asarray(new), jnp.asarray(old)
+        if new.shape != old.shape or new.dtype != old.dtype:
+            raise TypeError(
+                f"step_fn changed state leaf {jax.tree_util.keystr(path)} from "
+                f"{old.dtype}{list(old.shape)} to {new.dtype}{list(new.shape)}")
+
+    jax.tree.map_with_path(check, new_state, state)
+    count, first_bad = carry[0] + 1, carry[1]
+    hit = (first_bad == 0) & ~jnp.isfinite(loss)
+    bits = lax.bitcast_convert_type(loss.astype(jnp.float32), jnp.int32)
+    carry = jnp.stack([count, jnp.where(hit, count, first_bad), jnp.where(hit, bits, carry[2])])
+    return new_state, metrics, carry
+
+
+def _carry(count: int) -> np.ndarray:
+    return np.array([count, 0, 0], np.int32)
+
+
+def _first_bad(carry: jax.Array) -> tuple[int, float]:
+    """(first update with a non-finite loss or 0, that loss) from a carry."""
+    host = np.asarray(jax.device_get(carry))
+    return int(host[1]), float(host[2:3].view(np.float32)[0])
+
+
+# The jitted step of the last few step_fns: calling train_loop again with the same
+# step_fn (a resumed or extended run in one process) reuses its compilation. Bounded,
+# so that step_fns (and the data they close over) are not kept alive for ever.
+_RECENT_STEPS: collections.OrderedDict = collections.OrderedDict()
+_RECENT_MAX = 8
+
+
+def _jitted_step(step_fn: Callable, donate: bool) -> Callable:
+    def compile_():
+        return jax.jit(functools.partial(_guarded_step, step_fn),
+                       donate_argnums=(0,) if donate else ())
+    key = (step_fn, bool(donate))
+    try:
+        jstep = _RECENT_STEPS.pop(key, None) or compile_()
+    except TypeError:  # an unhashable callable: not cached
+        return compile_()
+    _RECENT_STEPS[key] = jstep
+    while len(_RECENT_STEPS) > _RECENT_MAX:
+        _RECENT_STEPS.popitem(last=False)
+    return jstep
+
+
+# --------------------------------------------------------------------------- progress
+
+
+def _seconds(t: float) -> str:
+    if not math.isfinite(t):
+        return "?"
+    return f"{t:.1f}s" if t < 60 else tqdm.format_interval(t)
+
+
+class _Progress:
+    """A tqdm bar on a terminal; plain lines (step, loss, elapsed, ETA) otherwise."""
+
+    def __init__(self, mode: str, desc: str, start: int, total: int):
+        if mode == "auto":
+            isatty = getattr(sys.stdout, "isatty", None)
+            mode = "bar" if isatty is not None and isatty() else "lines"
+        self.mode, self.desc, self.start, self.total = mode, desc, start, total
+        self.t0 = time.perf_counter()
+        self.first: tuple[float, int] | None = None
+        self.bar = None
+        if mode == "bar":
+            self.bar = tqdm(total=total, initial=start, desc=desc, unit="step",
+                            file=sys.stdout, dynamic_ncols=True)
+
+    def message(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.write(text, file=sys.stdout)
+        elif self.mode == "lines":
+            print(text, file=sys.stdout, flush=True)
+
+    def log(self, step: int, loss: float) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self.bar.update(step - self.bar.n)
+        elif self.mode == "lines":
+            now = time.perf_counter()
+            if self.first is None:  # the first interval includes compilation: time from here
+                self.first = (now, step)
+                t_ref, step_ref = self.t0, self.start
+            else:
+                t_ref, step_ref = self.first
+            rate = (step - step_ref) / max(now - t_ref, 1e-9)
+            eta = (self.total - step) / rate if rate > 0 else math.inf
+            elapsed = now - self.t0
+            print(f"{self.desc} step {step}/{self.total} loss {loss:.6g} "
+                  f"elapsed {_seconds(elapsed)} eta {_seconds(eta)}", file=sys.stdout, flush=True)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def _fresh(state: PyTree) -> PyTree:
+    """Copies of the arrays of ``state``, so donating them leaves the caller's intact."""
+    return jax.tree.map(
+        lambda x: jax.device_put(x, may_alias=False) if isinstance(x, jax.Array) else x, state)
+
+
+def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any], *,
+               num_steps: int, workdir: str | Path, log_every: int = 100,
+               checkpoint_every: int = 1000, desc: str = "train",
+               metrics_fn: Callable[[PyTree, int], Mapping[str, Any]] | None = None,
+               max_to_keep: int = 3, progress: str = "auto", donate: bool = True,
+               ) -> TrainResult:
+    r"""Train ``state`` for ``num_steps`` updates in ``workdir``, resuming where a run stopped.
+
+    .. math:: \mathrm{state}_s = \mathrm{step\_fn}(\mathrm{state}_{s-1},\,
+              \mathrm{batch\_fn}(s-1)), \qquad s = s_0 + 1, \dots, \mathrm{num\_steps}
+
+    where :math:`s_0` is the step of the newest good checkpoint in ``workdir``
+    (0 and the given ``state`` if there is none).
+
+    Args:
+      state: any pytree of arrays (``{"params": ..., "opt_state": ...}``, a flax
+        ``TrainState``); PRNG keys in it may be raw ``uint32`` or typed keys. It is
+        also the template a checkpoint is restored into.
+      step_fn: ``step_fn(state, batch) -> (state, metrics)`` with a scalar
+        ``metrics["loss"]``; pure and jit-able (it is traced inside the loop's own
+        jitted step, so the caller's ``jax.jit`` is optional).
+      batch_fn: ``batch_fn(step: int) -> batch`` for ``step = 0 .. num_steps - 1``;
+        must depend on ``step`` alone (derive randomness with
+        ``jax.random.fold_in(key, step)``) for a resumed run to match.
+      num_steps: total number of updates, counting those of earlier runs.
+      workdir: the run directory: ``metrics.jsonl`` and ``checkpoints/`` live here.
+      log_every: write a metrics row (and a progress update) every this many
+        steps and at the last step. A row reaches the file when the next log or
+        checkpoint step is reached (its values are fetched in the background).
+      checkpoint_every: save a checkpoint every this many steps and at the last.
+      desc: the progress bar's label.
+      metrics_fn: optional ``metrics_fn(state, step) -> dict`` of extra metrics
+        (e.g. test accuracy), called at each log step.
+      max_to_keep: how many checkpoints to keep.
+      progress: ``"auto"`` (a tqdm bar when stdout is a terminal, plain lines
+        otherwise), ``"bar"``, ``"lines"`` or ``"none"``.
+      donate: donate the state's buffers to each step (updates in place). The
+        ``state`` passed in is copied first, so it stays valid.
+
+    Returns:
+      ``TrainResult(state, history)``: the state after ``num_steps`` updates and
+      all rows of ``metrics.jsonl``. A workdir whose checkpoint is already at
+      ``num_steps`` returns at once; a larger ``num_steps`` extends the run.
+
+    Raises:
+      NonFiniteLossError: a loss was nan or ±inf. Before raising, the state after
+        the last update with a finite loss is checkpointed (as the step before the
+        one named; replayed from the newest checkpoint, at most
+        ``checkpoint_every`` updates) and ``metrics.jsonl`` holds every row up to
+        it. The check is recorded on the device every step and read at log and
+        checkpoint steps.
+      ValueError: a checkpoint in ``workdir`` holds a differently shaped state.
+
+    Example:
+      >>> import tempfile
+      >>> def step_fn(w, x):
+      ...     loss, g = jax.value_and_grad(lambda w: jnp.mean((x * w - 2.0 * x) ** 2))(w)
+      ...     return w - 0.1 * g, {"loss": loss}
+      >>> result = train_loop(jnp.float32(0.0), step_fn, lambda s: jnp.ones(4),
+      ...                     num_steps=50, workdir=tempfile.mkdtemp(), log_every=25,
+      ...                     progress="none")
+      >>> result.state, [row["step"] for row in result.history]
+      (Array(2., dtype=float32), [25, 50])
+    """
+    num_steps = _check_int(num_steps, "num_steps", 0)
+    log_every = _check_int(log_every, "log_every", 1)
+    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    _check_callable(step_fn, "step_fn")
+    _check_callable(batch_fn, "batch_fn")
+    if metrics_fn is not None:
+        _check_callable(metrics_fn, "metrics_fn")
+    check_choice(progress, "progress", PROGRESS_MODES)
+    workdir = Path(workdir)
+    log = MetricsLog(workdir)
+    with Checkpointer(workdir, max_to_keep=max_to_keep) as ckpt:
+        initial = state
+        restored = ckpt.restore_latest(state)
+        start, state = (0, _fresh(state) if donate else state) if restored is None else restored
+        log.truncate_after(start)
+        if start >= num_steps:
+            if start > num_steps:
+                warnings.warn(f"the checkpoint in {ckpt.directory} is at step {start}, past "
+                              f"num_steps={num_steps}; returning it unchanged",
+                              RuntimeWarning, stacklevel=2)
+            return TrainResult(state, log.read())
+        bar = _Progress(progress, desc, start, num_steps)
+        try:
+            if restored is not None:
+                bar.message(f"{desc}: resumed from the checkpoint at step {start} "
+                            f"in {ckpt.directory}")
+            state = _run(state, initial, step_fn, batch_fn, start, restored is not None,
+                         num_steps, log_every, checkpoint_every, metrics_fn, donate, log, ckpt,
+                         bar)
+        finally:
+            bar.close()
+    return TrainResult(state, log.read())
+
+
+def _run(state, initial, step_fn, batch_fn, start, restored, num_steps, log_every,
+         checkpoint_every, metrics_fn, donate, log, ckpt, bar):
+    """The loop. A log step's values are copied to the host asynchronously and
+    written at the next log step (by then long computed), so logging never stalls
+    the device queue; a checkpoint step is checked and written at once, before
+    the save, so nothing reaches a checkpoint unchecked."""
+    jstep = _jitted_step(step_fn, donate)
+    carry = _carry(start)
+    last_saved = start if restored else None
+    pending = None  # (step, metrics, extra metrics, carry) of the last log step
+
+    def write(done, metrics, extra, carry):
+        first_bad, bad_loss = _first_bad(carry)
+        if first_bad:
+            saved = first_bad - 1
+            log.sync()
+            if saved != last_saved:
+                _save_replayed(saved, initial, jstep, batch_fn, donate, ckpt)
+            raise NonFiniteLossError(first_bad, bad_loss, saved, str(ckpt.directory))
+        if metrics is not None:
+            row = {**jax.device_get(metrics), **jax.device_get(extra)}
+            log.write(done, row, fsync=False)  # flushed: safe from a killed process
+            bar.log(done, float(row["loss"]))
+
+    for step in range(start, num_steps):
+        state, metrics, carry = jstep(state, batch_fn(step), carry)
+        done = step + 1
+        log_now = done % log_every == 0 or done == num_steps
+        save_now = done % checkpoint_every == 0 or done == num_steps
+        if not (log_now or save_now):
+            continue
+        extra = dict(metrics_fn(state, done)) if log_now and metrics_fn is not None else {}
+        if pending is not None:
+            write(*pending)
+            pending = None
+        if save_now:
+            write(done, metrics if log_now else None, extra, carry)
+            log.sync()  # the rows up to a checkpoint are on disk before it
+            ckpt.save(done, state)
+            last_saved = done
+        else:
+            for x in jax.tree.leaves((metrics, extra, carry)):
+                if isinstance(x, jax.Array):
+                    x.copy_to_host_async()
+            pending = (done, metrics, extra, carry)
+    return state  # the last step is a checkpoint step: nothing is pending
+
+
+def _save_replayed(target, initial, jstep, batch_fn, donate, ckpt):
+    """Checkpoint the state after ``target`` updates (the last with a finite loss).
+
+    Every checkpoint of the run was saved after its losses were checked, so the
+    newest one is at or before ``target``: restore it (or take the initial state)
+    and replay the few updates up to ``target``. The replay runs the same compiled
+    step on the same batches, so it reproduces the original states bit for bit.
+    """
+    restored = ckpt.restore_latest(initial)
+    if restored is None:
+        base, state = 0, _fresh(initial) if donate else initial
+    else:
+        base, state = restored
+    carry = _carry(base)
+    for step in range(base, target):
+        state, _, carry = jstep(state, batch_fn(step), carry)
+    ckpt.save(target, state)

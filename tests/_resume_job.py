@@ -1,0 +1,96 @@
+"""A tiny training job that tests/test_train_resume.py kills with SIGKILL and restarts.
+
+    python tests/_resume_job.py WORKDIR [SECONDS_PER_STEP]
+
+Trains a 2-16-1 MLP with optax's Adam and a dropout mask drawn from a typed PRNG
+key held in the state, through :func:`jaxmath.train.train_loop`. ``batch_fn``
+sleeps ``SECONDS_PER_STEP`` so that the test can kill the run at chosen moments;
+the sleep does not change any value. On success the final state's leaves are
+written to ``WORKDIR/final.npz`` (typed keys as their key data).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from jaxmath.train import train_loop
+
+NUM_STEPS = 160
+LOG_EVERY = 10
+CHECKPOINT_EVERY = 40
+MAX_TO_KEEP = 2
+_OPT = optax.adam(1e-2)
+_RNG = np.random.default_rng(0)
+_X = _RNG.normal(size=(64, 2)).astype(np.float32)
+_Y = (np.sin(2.0 * _X[:, :1]) + 0.5 * _X[:, 1:]).astype(np.float32)
+_W1 = (0.5 * _RNG.normal(size=(2, 16))).astype(np.float32)
+_W2 = (0.5 * _RNG.normal(size=(16, 1))).astype(np.float32)
+
+
+def init_state() -> dict:
+    """Parameters, Adam state and a typed PRNG key (NumPy-built: nothing to compile)."""
+    params = {"w1": jnp.asarray(_W1), "b1": jnp.asarray(np.zeros(16, np.float32)),
+              "w2": jnp.asarray(_W2), "b2": jnp.asarray(np.zeros(1, np.float32))}
+    key = jax.random.wrap_key_data(np.array([0, 2], np.uint32))
+    return {"params": params, "opt_state": _OPT.init(params), "key": key}
+
+
+def _loss(params, x, y, mask):
+    h = jnp.tanh(x @ params["w1"] + params["b1"]) * mask
+    return jnp.mean((h @ params["w2"] + params["b2"] - y) ** 2)
+
+
+@jax.jit
+def step_fn(state, batch):
+    x, y = batch
+    key, sub = jax.random.split(state["key"])
+    mask = jax.random.bernoulli(sub, 0.9, (x.shape[0], 16)) / 0.9
+    loss, grads = jax.value_and_grad(_loss)(state["params"], x, y, mask)
+    updates, opt_state = _OPT.update(grads, state["opt_state"], state["params"])
+    params = optax.apply_updates(state["params"], updates)
+    return {"params": params, "opt_state": opt_state, "key": key}, {"loss": loss}
+
+
+def make_batch_fn(seconds_per_step: float = 0.0):
+    def batch_fn(step: int):
+        if seconds_per_step:
+            time.sleep(seconds_per_step)
+        idx = np.random.default_rng(step).integers(0, 64, size=16)
+        return _X[idx], _Y[idx]
+    return batch_fn
+
+
+def run(workdir, seconds_per_step: float = 0.0, progress: str = "none"):
+    return train_loop(init_state(), step_fn, make_batch_fn(seconds_per_step),
+                      num_steps=NUM_STEPS, workdir=workdir, log_every=LOG_EVERY,
+                      checkpoint_every=CHECKPOINT_EVERY, max_to_keep=MAX_TO_KEEP,
+                      desc="resume-job", progress=progress)
+
+
+def leaves(state) -> list[np.ndarray]:
+    """The state's leaves as NumPy arrays (typed keys as their key data)."""
+    def raw(x):
+        if jnp.issubdtype(x.dtype, jax.dtypes.prng_key):
+            x = jax.random.key_data(x)
+        return np.asarray(x)
+    return [raw(x) for x in jax.tree.leaves(state)]
+
+
+def main(argv: list[str]) -> None:
+    workdir = argv[1]
+    seconds = float(argv[2]) if len(argv) > 2 else 0.0
+    result = run(workdir, seconds, progress="lines")
+    tmp = os.path.join(workdir, "final.tmp.npz")
+    np.savez(tmp, *leaves(result.state))
+    os.replace(tmp, os.path.join(workdir, "final.npz"))
+
+
+if __name__ == "__main__":
+    main(sys.argv)
