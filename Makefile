@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run test test-slow bench lint clean
+.PHONY: run tour test test-slow bench lint clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,10 @@ $(VENV)/.dev: $(VENV)/.runtime pyproject.toml
 	$(PIP) install -e '.[dev]'
 	touch $@
 
-run: $(VENV)/.runtime  ## the main job: a tour of every seed equation
+run: $(VENV)/.runtime  ## the main job: 1,024 gradient-descent runs as one compiled sweep
+	$(VENV)/bin/jaxmath run configs/linear_regression.py --workdir runs/linear_regression --overwrite
+
+tour: $(VENV)/.runtime  ## every seed example evaluated with jaxmath beside a NumPy reference
 	$(PY) -m jaxmath.tour
 
 test: $(VENV)/.dev  ## the whole test suite, doctests and lint included (slow checks excluded)
