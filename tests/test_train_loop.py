@@ -11,6 +11,7 @@ the state, Adam, SIGKILL during a checkpoint write) is tests/test_train_resume.p
 from __future__ import annotations
 
 import io
+import logging
 import pickle
 import re
 import shutil
@@ -144,18 +145,23 @@ def test_resume_after_a_lost_checkpoint_and_partial_line(tmp_path, whole):
     assert resumed.history == whole.history
 
 
-def test_a_second_call_reuses_the_compilation(tmp_path):
+def test_one_compilation_for_fresh_and_resumed_runs(tmp_path, caplog):
+    """Same argument placements on every call, restored or not: one compilation."""
     traces = []
 
     def counting_step(state, batch):
         traces.append(1)
         return step_fn(state, batch)
 
-    first = train_loop(init_state(), counting_step, batch_fn, num_steps=10, workdir=tmp_path,
-                       progress="none")
-    second = train_loop(init_state(), counting_step, batch_fn, num_steps=20, workdir=tmp_path,
-                        progress="none")
-    assert len(traces) == 1
+    caplog.set_level(logging.WARNING, logger="jax._src.dispatch")
+    with jax.log_compiles(True):
+        first = train_loop(init_state(), counting_step, batch_fn, num_steps=10,
+                           workdir=tmp_path, progress="none")
+        second = train_loop(init_state(), counting_step, batch_fn, num_steps=20,
+                            workdir=tmp_path, progress="none")  # resumes from step 10
+    compiles = [r for r in caplog.records
+                if "Finished XLA compilation of jit(_guarded_step)" in r.getMessage()]
+    assert len(traces) == 1 and len(compiles) == 1
     assert [r["step"] for r in second.history] == [10, 20] and first.history == second.history[:1]
 
 

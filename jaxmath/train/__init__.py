@@ -11,7 +11,12 @@ ends bit-identical to an uninterrupted one (on CPU).
 """
 
 from jaxmath.train.checkpoint import Checkpointer
-from jaxmath.train.files import MetricsLog, atomic_write_json, atomic_write_text
+from jaxmath.train.files import (
+    MetricsLog,
+    atomic_write_bytes,
+    atomic_write_json,
+    atomic_write_text,
+)
 from jaxmath.train.loop import NonFiniteLossError, TrainResult, train_loop
 from jaxmath.train.report import save_figure, write_report, write_summary
 
@@ -20,6 +25,7 @@ __all__ = [
     "MetricsLog",
     "NonFiniteLossError",
     "TrainResult",
+    "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",
     "save_figure",

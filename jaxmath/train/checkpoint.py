@@ -18,6 +18,9 @@ step before it is tried.
 New-style typed PRNG keys (``jax.random.key``) are stored as their raw
 ``uint32`` key data and re-wrapped with the template's implementation on
 restore, so a state may hold either kind of key.
+
+orbax's INFO log records are dropped (its warnings are kept), and so are
+asyncio's reports of the unawaited reads a damaged step leaves behind.
 """
 
 from __future__ import annotations
@@ -58,10 +61,26 @@ class _QuietOrbax(logging.Filter):
         return f"{os.sep}orbax{os.sep}" not in (record.pathname or "")
 
 
+class _QuietDamagedReads(logging.Filter):
+    """Drop asyncio's "Future exception was never retrieved" for tensorstore reads.
+
+    When a damaged checkpoint fails to restore, orbax leaves the failed reads of
+    the other arrays unawaited and asyncio reports each one when it is collected;
+    :meth:`Checkpointer.restore_latest` has already reported the step instead.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if not record.getMessage().startswith("Future exception was never retrieved"):
+            return True
+        exc = record.exc_info[1] if record.exc_info else None
+        return "tensorstore_spec" not in str(exc)
+
+
 def _install_log_filter() -> None:
-    logger = logging.getLogger("absl")
-    if not any(isinstance(f, _QuietOrbax) for f in logger.filters):
-        logger.addFilter(_QuietOrbax())
+    for name, kind in (("absl", _QuietOrbax), ("asyncio", _QuietDamagedReads)):
+        logger = logging.getLogger(name)
+        if not any(isinstance(f, kind) for f in logger.filters):
+            logger.addFilter(kind())
 
 
 _install_log_filter()

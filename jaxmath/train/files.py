@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
+import sys
 import tempfile
 import warnings
 from collections.abc import Mapping
@@ -25,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MetricsLog", "atomic_write_json", "atomic_write_text"]
+__all__ = ["MetricsLog", "atomic_write_bytes", "atomic_write_json", "atomic_write_text"]
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -44,15 +45,34 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to ``path`` atomically: a temporary file, fsync, ``os.replace``.
+def _is_writer() -> bool:
+    """True on process 0 of a multi-process JAX job, and always in a single process."""
+    jax = sys.modules.get("jax")
+    if jax is None:
+        return True
+    try:
+        return jax.process_index() == 0
+    except Exception:  # no backend yet: a single process
+        return True
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically: a temporary file, fsync, ``os.replace``.
 
     The parent directory is created if needed. If anything fails before the
     replace, ``path`` keeps its old content and the temporary file is removed.
+    The file gets the usual permissions (``0666`` less the umask), not
+    ``mkstemp``'s private ``0600``.
 
     Args:
       path: the file to write.
-      text: its new content (written as UTF-8).
+      data: its new content.
 
     Returns:
       ``path`` as a :class:`pathlib.Path`.
@@ -60,19 +80,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
     Example:
       >>> import tempfile, pathlib
       >>> d = pathlib.Path(tempfile.mkdtemp())
-      >>> atomic_write_text(d / "a.txt", "hello").read_text()
-      'hello'
+      >>> atomic_write_bytes(d / "a.bin", b"hello").read_bytes()
+      b'hello'
     """
-    if not isinstance(text, str):
-        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    if not isinstance(data, bytes | bytearray):
+        raise TypeError(f"data must be bytes, got {type(data).__name__}")
     path = Path(path)
     if path.is_dir():
         raise IsADirectoryError(f"path {str(path)!r} is a directory, expected a file path")
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(text)
+        os.fchmod(fd, 0o666 & ~_umask())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -82,6 +103,20 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
         raise
     _fsync_dir(path.parent)
     return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to ``path`` atomically, as :func:`atomic_write_bytes` does.
+
+    Example:
+      >>> import tempfile, pathlib
+      >>> d = pathlib.Path(tempfile.mkdtemp())
+      >>> atomic_write_text(d / "a.txt", "hello").read_text()
+      'hello'
+    """
+    if not isinstance(text, str):
+        raise TypeError(f"text must be a str, got {type(text).__name__}")
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def to_json(obj: Any) -> Any:
@@ -175,6 +210,8 @@ class MetricsLog:
         a checkpoint newer than the rows before it, at one fsync per checkpoint.
         """
         step = _check_step(step)
+        if not _is_writer():  # in a multi-process job, process 0 keeps the log
+            return
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
         if "step" in metrics:

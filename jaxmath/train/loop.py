@@ -63,6 +63,12 @@ class NonFiniteLossError(FloatingPointError):
       loss: that loss value (nan or ±inf).
       saved_step: the checkpoint holding the last state with a finite loss
         (``step - 1``), or None if nothing was saved.
+      directory: the checkpoint directory.
+
+    Example:
+      >>> print(NonFiniteLossError(37, float("nan"), 36, "runs/x/checkpoints"))
+      non-finite loss nan at step 37 (batch_fn(36)); the state before it is checkpointed
+      as step 36 in runs/x/checkpoints, and metrics.jsonl holds the rows up to it
     """
 
     def __init__(self, step: int, loss: float = math.nan, saved_step: int | None = None,
@@ -233,10 +239,33 @@ class _Progress:
 # --------------------------------------------------------------------------- the loop
 
 
-def _fresh(state: PyTree) -> PyTree:
-    """Copies of the arrays of ``state``, so donating them leaves the caller's intact."""
-    return jax.tree.map(
-        lambda x: jax.device_put(x, may_alias=False) if isinstance(x, jax.Array) else x, state)
+def _placed(state: PyTree, copy: bool) -> tuple[PyTree, Any]:
+    """``state`` with every leaf a device array committed where it is (copied if
+    ``copy``, so that donating it leaves the caller's arrays intact), and the
+    sharding for the loop's carry.
+
+    A restored checkpoint arrives committed to its devices; a fresh state is made
+    so too. The jitted step then sees the same argument placements on the first
+    call as on every later one and in a resumed run as in a fresh one: one
+    compilation, and the same executable (and persistent-cache entry) in both.
+    """
+    leaves = jax.tree.leaves(state)
+    first = next((x for x in leaves if isinstance(x, jax.Array)), None)
+    if first is None:
+        home = jax.sharding.SingleDeviceSharding(next(iter(jax.device_put(0).devices())))
+    else:
+        home = first.sharding
+    if isinstance(home, jax.sharding.NamedSharding):
+        carry_sharding = jax.sharding.NamedSharding(home.mesh, jax.sharding.PartitionSpec())
+    else:
+        carry_sharding = jax.sharding.SingleDeviceSharding(next(iter(home.device_set)))
+
+    def put(x):
+        if isinstance(x, jax.Array):
+            return jax.device_put(x, x.sharding, may_alias=not copy)
+        return jax.device_put(x, carry_sharding)
+
+    return jax.tree.map(put, state), carry_sharding
 
 
 def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any], *,
@@ -316,7 +345,8 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
     with Checkpointer(workdir, max_to_keep=max_to_keep) as ckpt:
         initial = state
         restored = ckpt.restore_latest(state)
-        start, state = (0, _fresh(state) if donate else state) if restored is None else restored
+        start, state = (0, state) if restored is None else restored
+        state, carry_sharding = _placed(state, copy=donate and restored is None)
         log.truncate_after(start)
         if start >= num_steps:
             if start > num_steps:
@@ -331,20 +361,20 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
                             f"in {ckpt.directory}")
             state = _run(state, initial, step_fn, batch_fn, start, restored is not None,
                          num_steps, log_every, checkpoint_every, metrics_fn, donate, log, ckpt,
-                         bar)
+                         bar, carry_sharding)
         finally:
             bar.close()
     return TrainResult(state, log.read())
 
 
 def _run(state, initial, step_fn, batch_fn, start, restored, num_steps, log_every,
-         checkpoint_every, metrics_fn, donate, log, ckpt, bar):
+         checkpoint_every, metrics_fn, donate, log, ckpt, bar, carry_sharding):
     """The loop. A log step's values are copied to the host asynchronously and
     written at the next log step (by then long computed), so logging never stalls
     the device queue; a checkpoint step is checked and written at once, before
     the save, so nothing reaches a checkpoint unchecked."""
     jstep = _jitted_step(step_fn, donate)
-    carry = _carry(start)
+    carry = jax.device_put(_carry(start), carry_sharding)
     last_saved = start if restored else None
     pending = None  # (step, metrics, extra metrics, carry) of the last log step
 
@@ -354,7 +384,7 @@ def _run(state, initial, step_fn, batch_fn, start, restored, num_steps, log_ever
             saved = first_bad - 1
             log.sync()
             if saved != last_saved:
-                _save_replayed(saved, initial, jstep, batch_fn, donate, ckpt)
+                _save_replayed(saved, initial, jstep, batch_fn, donate, ckpt, carry_sharding)
             raise NonFiniteLossError(first_bad, bad_loss, saved, str(ckpt.directory))
         if metrics is not None:
             row = {**jax.device_get(metrics), **jax.device_get(extra)}
@@ -385,7 +415,7 @@ def _run(state, initial, step_fn, batch_fn, start, restored, num_steps, log_ever
     return state  # the last step is a checkpoint step: nothing is pending
 
 
-def _save_replayed(target, initial, jstep, batch_fn, donate, ckpt):
+def _save_replayed(target, initial, jstep, batch_fn, donate, ckpt, carry_sharding):
     """Checkpoint the state after ``target`` updates (the last with a finite loss).
 
     Every checkpoint of the run was saved after its losses were checked, so the
@@ -394,11 +424,9 @@ def _save_replayed(target, initial, jstep, batch_fn, donate, ckpt):
     step on the same batches, so it reproduces the original states bit for bit.
     """
     restored = ckpt.restore_latest(initial)
-    if restored is None:
-        base, state = 0, _fresh(initial) if donate else initial
-    else:
-        base, state = restored
-    carry = _carry(base)
+    base, state = (0, initial) if restored is None else restored
+    state, _ = _placed(state, copy=donate and restored is None)
+    carry = jax.device_put(_carry(base), carry_sharding)
     for step in range(base, target):
         state, _, carry = jstep(state, batch_fn(step), carry)
     ckpt.save(target, state)

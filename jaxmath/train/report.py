@@ -21,12 +21,11 @@ import math
 import os
 import re
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxmath.train.files import atomic_write_json, atomic_write_text
+from jaxmath.train.files import _is_writer, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["format_value", "save_figure", "summary_table", "write_report", "write_summary"]
 
@@ -35,53 +34,6 @@ SUMMARY_FILE = "summary.json"
 REPORT_FILE = "report.md"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
 _COMMAND = re.compile(r"^\s*(\$\s*)?(jaxmath|python3? -m jaxmath|make)\b")
-
-
-def _is_writer() -> bool:
-    """True on process 0 of a multi-process JAX job, and always in a single process."""
-    jax = sys.modules.get("jax")
-    if jax is None:
-        return True
-    try:
-        return jax.process_index() == 0
-    except Exception:  # no backend yet: a single process
-        return True
-
-
-def _fsync_dir(directory: Path) -> None:
-    try:
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-def _umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.fchmod(fd, 0o666 & ~_umask())  # mkstemp makes 0600; plots are for sharing
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    _fsync_dir(path.parent)
 
 
 def save_figure(fig, workdir: str | os.PathLike, name: str, *, dpi: int = 120) -> Path:
@@ -117,7 +69,7 @@ def save_figure(fig, workdir: str | os.PathLike, name: str, *, dpi: int = 120) -
         if _is_writer():
             buffer = io.BytesIO()
             fig.savefig(buffer, format="png", dpi=dpi, bbox_inches="tight", backend="agg")
-            _atomic_write_bytes(path, buffer.getvalue())
+            atomic_write_bytes(path, buffer.getvalue())
     finally:
         if "matplotlib.pyplot" in sys.modules:
             sys.modules["matplotlib.pyplot"].close(fig)
