@@ -34,6 +34,7 @@ REGISTRY = {
     "pca": "benchmarks.pca",
     "attention": "benchmarks.attention",
     "sweep": "benchmarks.sweep",
+    "ddpm_train": "benchmarks.ddpm_train",
 }
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "cpu.json"
 FIELDS = {

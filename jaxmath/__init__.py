@@ -8,9 +8,12 @@ Every function is pure and works under ``jax.jit``, ``jax.grad`` and ``jax.vmap`
     jm.gradient_descent_sweep(loss, theta0, learning_rates, num_steps)  # one compiled sweep
 """
 
-from jaxmath import diffusion, nn
+from jaxmath import datasets, diffusion, metrics, nn, sweep
 from jaxmath.diffusion import (
+    DiffusionModel,
+    MLPDenoiser,
     NoiseSchedule,
+    UNet,
     ddim_sample,
     ddpm_sample,
     diffusion_loss,
@@ -63,12 +66,15 @@ __version__ = "0.1.0"
 __all__ = [
     "PCA",
     "Conv2D",
+    "DiffusionModel",
     "GaussianNB",
+    "MLPDenoiser",
     "MultiHeadAttention",
     "NoiseSchedule",
     "Transformer",
     "TransformerBlock",
     "TransformerLM",
+    "UNet",
     "__version__",
     "attention",
     "bayes_posterior",
@@ -79,6 +85,7 @@ __all__ = [
     "conv2d",
     "convolve",
     "cross_entropy",
+    "datasets",
     "ddim_sample",
     "ddpm_sample",
     "dense_sigmoid_mse",
@@ -99,6 +106,7 @@ __all__ = [
     "log_softmax",
     "make_schedule",
     "marginal",
+    "metrics",
     "mse",
     "multi_head_attention",
     "mutual_information",
@@ -109,4 +117,5 @@ __all__ = [
     "softmax",
     "softmax_cross_entropy",
     "svd",
+    "sweep",
 ]

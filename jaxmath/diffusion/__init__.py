@@ -1,7 +1,10 @@
-"""Diffusion models: noise schedules, the forward process, parameterisations, losses, samplers."""
+"""Diffusion models: noise schedules, the forward process, parameterisations, losses, samplers,
+Flax denoisers (MLP, UNet) and the DiffusionModel that ties a denoiser to a schedule."""
 
+from jaxmath.diffusion.denoisers import MLPDenoiser, UNet, timestep_embedding
 from jaxmath.diffusion.forward import forward_diffuse
 from jaxmath.diffusion.losses import diffusion_loss, min_snr_weight
+from jaxmath.diffusion.model import LOSS_WEIGHTINGS, SAMPLERS, DiffusionModel
 from jaxmath.diffusion.parameterization import (
     PREDICTION_TYPES,
     convert_prediction,
@@ -32,11 +35,16 @@ from jaxmath.diffusion.schedules import (
 )
 
 __all__ = [
+    "LOSS_WEIGHTINGS",
     "PREDICTION_TYPES",
+    "SAMPLERS",
     "SCHEDULES",
     "TIMESTEP_SPACINGS",
     "VARIANCE_TYPES",
+    "DiffusionModel",
+    "MLPDenoiser",
     "NoiseSchedule",
+    "UNet",
     "convert_prediction",
     "cosine_schedule",
     "ddim_sample",
@@ -58,5 +66,6 @@ __all__ = [
     "scaled_linear_schedule",
     "sigmoid_schedule",
     "snr",
+    "timestep_embedding",
     "velocity",
 ]
