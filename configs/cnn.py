@@ -1,0 +1,44 @@
+"""CNN (jaxmath.nn.Conv2D) on the 8x8 digits with random-shift augmentation: test accuracy >= 98%.
+
+    jaxmath run configs/cnn.py --workdir runs/cnn
+    jaxmath run configs/cnn.py:quick --workdir /tmp/cnn_quick    # smoke variant, seconds
+
+Expected (seed 0; about 30 s on an idle 2-core CPU, 66 s measured on a shared one):
+test accuracy 0.9889 (5 of 450 wrong; target >= 0.98). Seeds 1 and 2: 0.9911 and 0.9956;
+without the shift augmentation (--config.augment_shift=0) seeds 0-2 give 0.9844, 0.9867
+and 0.9822.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.experiment = "cnn"
+    config.seed = 0                  # initialisation, minibatches and shifts
+    config.num_steps = 600
+    config.log_every = 50
+    config.checkpoint_every = 200
+    config.batch_size = 128
+    config.augment_shift = 1         # random translation, pixels in each direction
+    config.label_smoothing = 0.0
+    config.data = ml_collections.ConfigDict({"split_seed": 0, "test_fraction": 0.25})
+    config.model = ml_collections.ConfigDict({"features": (16, 32, 32), "hidden": 128})
+    config.optim = ml_collections.ConfigDict({
+        "learning_rate": 2e-3,       # peak of the warm-up + cosine schedule
+        "warmup_steps": 50,
+        "weight_decay": 1e-4,
+    })
+    config.target_accuracy = 0.98    # test accuracy
+    if variant == "quick":
+        config.num_steps = 10
+        config.log_every = 5
+        config.checkpoint_every = 10
+        config.batch_size = 32
+        config.model.features = (4, 8, 8)
+        config.model.hidden = 16
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
+    return config

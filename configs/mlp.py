@@ -1,0 +1,46 @@
+"""MLP by backprop (jax.grad + optax AdamW) on two-moons and digits: digits test accuracy >= 97%.
+
+    jaxmath run configs/mlp.py --workdir runs/mlp
+    jaxmath run configs/mlp.py:quick --workdir /tmp/mlp_quick    # smoke variant, seconds
+
+Expected (seed 0; about 30 s on an idle 2-core CPU, 56 s measured on a shared one):
+digits test accuracy 0.9844 (7 of 450 wrong; target >= 0.97), two-moons test accuracy
+0.9658 (noise 0.2, the classes overlap). Seeds 1 and 2: digits 0.9867 and 0.9844.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.experiment = "mlp"
+    config.seed = 0                  # initialisation, minibatches and the two-moons samples
+    config.num_steps = 1000
+    config.log_every = 100
+    config.checkpoint_every = 500
+    config.batch_size = 128          # per dataset
+    config.data = ml_collections.ConfigDict({
+        "split_seed": 0,             # the digits train/test split
+        "test_fraction": 0.25,
+        "two_moons_train": 512,
+        "two_moons_test": 2048,
+        "two_moons_noise": 0.2,
+    })
+    config.label_smoothing = 0.1    # of the cross-entropy targets
+    config.model = ml_collections.ConfigDict({"hidden": (256, 256)})
+    config.optim = ml_collections.ConfigDict({
+        "learning_rate": 1e-3,       # peak of the warm-up + cosine schedule
+        "warmup_steps": 50,
+        "weight_decay": 1e-4,
+    })
+    config.target_accuracy = 0.97    # digits test accuracy
+    if variant == "quick":
+        config.num_steps = 20
+        config.log_every = 10
+        config.checkpoint_every = 20
+        config.model.hidden = (32,)
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
+    return config

@@ -1,0 +1,52 @@
+"""Transformer (jaxmath MultiHeadAttention) sorts 16-token sequences: exact-sequence acc >= 99%.
+
+    jaxmath run configs/transformer.py --workdir runs/transformer
+    jaxmath run configs/transformer.py:quick --workdir /tmp/transformer_quick    # smoke, seconds
+
+Expected (seed 0; about 1.5 min on an idle 2-core CPU, 2.4 min measured on a shared one):
+exact-sequence accuracy 0.999 on 2,000 held-out sequences (target >= 0.99), token
+accuracy 0.9999. Seed 1: 0.997.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.experiment = "transformer"
+    config.seed = 0                  # initialisation, training and test sequences
+    config.num_steps = 1000
+    config.log_every = 100
+    config.checkpoint_every = 500
+    config.batch_size = 128          # fresh sequences every step
+    config.task = ml_collections.ConfigDict({
+        "seq_len": 16,
+        "vocab_size": 10,
+        "num_test": 2000,            # held-out sequences
+    })
+    config.model = ml_collections.ConfigDict({
+        "num_layers": 2,
+        "d_model": 64,
+        "num_heads": 4,
+        "mlp_ratio": 4.0,
+    })
+    config.optim = ml_collections.ConfigDict({
+        "learning_rate": 2e-3,       # peak of the warm-up + cosine schedule
+        "warmup_steps": 100,
+        "weight_decay": 1e-4,
+    })
+    config.target_accuracy = 0.99    # test exact-sequence accuracy
+    if variant == "quick":
+        config.num_steps = 10
+        config.log_every = 5
+        config.checkpoint_every = 10
+        config.batch_size = 16
+        config.task.num_test = 64
+        config.model.num_layers = 1
+        config.model.d_model = 16
+        config.model.num_heads = 2
+    elif variant is not None:
+        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
+    return config

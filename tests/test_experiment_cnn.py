@@ -1,0 +1,132 @@
+"""experiments/cnn.py: the convolutional network on the 8x8 digits."""
+
+import json
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from configs.cnn import get_config
+from experiments.cnn import CNN, load_digits, random_shift, sample_batch
+from experiments.mlp import count_params, fast_init
+from jaxmath.cli import run_experiment
+from tests.tolerances import F32_ATOL, F32_LOOSE
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "cnn.py")
+SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric", "train_accuracy",
+                "test_errors", "num_test", "final_loss", "num_steps", "num_params"}
+
+
+def test_quick_run_writes_its_files(tmp_path):
+    summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
+    for name in ("config.json", "summary.json", "report.md", "metrics.jsonl",
+                 "plots/curves.png", "plots/misclassified.png", "plots/filters.png"):
+        assert (tmp_path / name).is_file(), name
+    assert SUMMARY_KEYS <= set(summary)
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert {k: stored[k] for k in SUMMARY_KEYS} == {k: summary[k] for k in SUMMARY_KEYS}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [5, 10]
+    assert all({"loss", "learning_rate", "train_accuracy", "test_accuracy"} <= set(row)
+               for row in rows)
+    assert summary["num_test"] == 450 and summary["target"] == 0.98
+    assert summary["test_errors"] == round((1 - summary["test_accuracy"]) * 450)
+    model = get_config("quick").model
+    assert summary["num_params"] == _num_params(*model.features, model.hidden)
+
+
+def _num_params(c1, c2, c3, hidden, classes=10):
+    convs = 9 * 1 * c1 + c1 + 9 * c1 * c2 + c2 + 9 * c2 * c3 + c3
+    return convs + (2 * 2 * c3) * hidden + hidden + hidden * classes + classes
+
+
+class _FlaxCNN(nn.Module):
+    """The same network with flax.linen.Conv: the reference for jaxmath's Conv2D."""
+
+    features: tuple
+
+    @nn.compact
+    def __call__(self, x):
+        c1, c2, c3 = self.features
+        x = nn.relu(nn.Conv(c1, (3, 3), padding="SAME", name="Conv2D_0")(x))
+        x = nn.relu(nn.Conv(c2, (3, 3), padding="SAME", name="Conv2D_1")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Conv(c3, (3, 3), padding="SAME", name="Conv2D_2")(x))
+        x = nn.max_pool(x, (2, 2), strides=(2, 2))
+        x = nn.relu(nn.Dense(16, name="Dense_0")(x.reshape(x.shape[0], -1)))
+        return nn.Dense(10, name="Dense_1")(x)
+
+
+def test_cnn_matches_the_same_network_built_with_flax_conv(rng):
+    model = CNN(features=(3, 4, 5), hidden=16)
+    x = jnp.asarray(rng.uniform(size=(6, 8, 8, 1)), jnp.float32)
+    params = fast_init(lambda key: model.init(key, x), jax.random.key(0))
+    assert count_params(params) == _num_params(3, 4, 5, 16)
+    got = jax.jit(model.apply)(params, x)
+    assert got.shape == (6, 10)
+    want = jax.jit(_FlaxCNN((3, 4, 5)).apply)(params, x)  # same parameter names and layouts
+    np.testing.assert_allclose(got, want, rtol=F32_LOOSE, atol=F32_ATOL)
+
+
+def _translations(image, s):
+    """All (2s+1)^2 zero-filled translations of an [H, W, C] image, by NumPy."""
+    h, w = image.shape[:2]
+    padded = np.pad(image, ((s, s), (s, s), (0, 0)))
+    return [padded[i:i + h, j:j + w] for i in range(2 * s + 1) for j in range(2 * s + 1)]
+
+
+def test_random_shift_is_a_translation_of_each_image(rng):
+    images = rng.uniform(size=(64, 8, 8, 1)).astype(np.float32)
+    shifted = np.asarray(random_shift(jax.random.key(3), images, 1))
+    assert shifted.shape == images.shape and shifted.dtype == np.float32
+    used = set()
+    for image, out in zip(images, shifted, strict=True):
+        matches = [k for k, t in enumerate(_translations(image, 1)) if np.array_equal(out, t)]
+        assert len(matches) == 1
+        used.add(matches[0])
+    assert used == set(range(9))  # 64 images draw every one of the 9 offsets
+    np.testing.assert_array_equal(random_shift(jax.random.key(3), images, 0), images)
+
+
+def test_sample_batch_is_a_function_of_the_step():
+    x = jnp.arange(20 * 64, dtype=jnp.float32).reshape(20, 8, 8, 1)
+    y = jnp.arange(20, dtype=jnp.int32)
+    key = jax.random.key(0)
+    a, b = sample_batch(key, 3, x, y, 8, 1), sample_batch(key, 3, x, y, 8, 1)
+    for u, v in zip(a, b, strict=True):
+        np.testing.assert_array_equal(u, v)
+    assert not np.array_equal(a[0], sample_batch(key, 4, x, y, 8, 1)[0])
+    # unshifted, each image is the training image its label names
+    xb, yb = sample_batch(key, 3, x, y, 8, 0)
+    np.testing.assert_array_equal(xb, np.asarray(x)[np.asarray(yb)])
+
+
+def test_digits_are_images_in_the_unit_interval():
+    x_train, _, x_test, y_test = load_digits(get_config())
+    assert x_train.shape == (1347, 8, 8, 1) and x_test.shape == (450, 8, 8, 1)
+    assert float(x_train.min()) == 0.0 and float(x_train.max()) == 1.0
+    assert set(np.unique(y_test)) == set(range(10))
+
+
+@pytest.mark.parametrize("call, match", [
+    (lambda: get_config("full"), "unknown variant 'full'"),
+    (lambda: random_shift(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), -1), "max_shift"),
+    (lambda: random_shift(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), 8), r"\[0, 8\)"),
+    (lambda: random_shift(jax.random.key(0), jnp.zeros((2, 8, 8, 1)), 1.0), "max_shift"),
+    (lambda: random_shift(jax.random.key(0), jnp.zeros((8, 8, 1)), 1), "images"),
+    (lambda: sample_batch(jax.random.key(0), 0, jnp.zeros((4, 8, 8, 1)), jnp.zeros(4), 2, 9),
+     "max_shift"),
+])
+def test_bad_inputs(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()
+
+
+@pytest.mark.slow
+def test_default_config_reaches_its_target(tmp_path):
+    summary = run_experiment(CONFIG, tmp_path, verbose=False)
+    assert summary["target_met"] is True
+    assert summary["test_accuracy"] >= 0.98 and summary["test_errors"] <= 9

@@ -1,0 +1,158 @@
+"""experiments/mlp.py: the MLP on two-moons and digits, and the training pieces it shares."""
+
+import json
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from matplotlib.figure import Figure
+
+from configs.mlp import get_config
+from experiments.mlp import (
+    MLP,
+    accuracy,
+    count_params,
+    fast_init,
+    init_state,
+    make_optimizer,
+    make_step,
+    plot_curves,
+    sample_batch,
+)
+from jaxmath.cli import run_experiment
+from jaxmath.config import ConfigError, load_config
+from tests.tolerances import F32_ATOL, F32_RTOL
+
+CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mlp.py")
+SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric",
+                "digits_test_accuracy", "digits_train_accuracy", "two_moons_test_accuracy",
+                "two_moons_train_accuracy", "digits_test_errors", "digits_num_test",
+                "final_loss", "num_steps", "num_params"}
+ROW_KEYS = {"step", "loss", "loss_digits", "loss_two_moons", "learning_rate",
+            "digits_test_accuracy", "two_moons_test_accuracy"}
+OPTIM = ml_collections.ConfigDict({"learning_rate": 0.1, "warmup_steps": 4,
+                                   "weight_decay": 0.01})
+
+
+def test_quick_run_writes_its_files(tmp_path):
+    summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
+    for name in ("config.json", "summary.json", "report.md", "metrics.jsonl",
+                 "plots/curves.png", "plots/decision_boundary.png"):
+        assert (tmp_path / name).is_file(), name
+    assert SUMMARY_KEYS <= set(summary)
+    stored = json.loads((tmp_path / "summary.json").read_text())
+    assert {k: stored[k] for k in SUMMARY_KEYS} == {k: summary[k] for k in SUMMARY_KEYS}
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in rows] == [10, 20] and summary["num_steps"] == 20
+    assert all(ROW_KEYS <= set(row) for row in rows)
+    assert summary["test_accuracy"] == summary["digits_test_accuracy"]
+    assert summary["target"] == 0.97 and isinstance(summary["target_met"], bool)
+    assert summary["digits_num_test"] == 450  # 25% of scikit-learn's 1,797 digits
+    hidden = get_config("quick").model.hidden[0]
+    assert summary["num_params"] == sum(d * hidden + hidden + hidden * k + k
+                                        for d, k in ((2, 2), (64, 10)))
+    report = (tmp_path / "report.md").read_text()
+    assert "curves.png" in report and "decision_boundary.png" in report
+
+
+def test_sample_batch_is_a_function_of_the_step(rng):
+    x = jnp.asarray(rng.normal(size=(50, 3)), jnp.float32)
+    y = jnp.arange(50, dtype=jnp.int32)  # the label names the row
+    key = jax.random.key(1)
+    xb, yb = sample_batch(key, 7, x, y, 16)
+    xb2, yb2 = sample_batch(key, 7, x, y, 16)
+    np.testing.assert_array_equal(xb, xb2)
+    np.testing.assert_array_equal(yb, yb2)
+    assert not np.array_equal(yb, sample_batch(key, 8, x, y, 16)[1])
+    assert xb.shape == (16, 3) and yb.shape == (16,)
+    np.testing.assert_array_equal(xb, np.asarray(x)[np.asarray(yb)])  # rows stay paired
+
+
+def test_schedule_and_step_match_optax_adamw():
+    """Two updates of make_step against optax.adamw run by hand with the closed-form rates."""
+    num_steps = 10
+    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
+    batch = jnp.array([[1.0, 2.0], [3.0, -1.0]])
+
+    def loss_fn(p, x):
+        loss = jnp.mean((x @ p["w"] + p["b"]) ** 2)
+        return loss, {"aux": 2 * loss}
+
+    optimizer = make_optimizer(OPTIM, num_steps)
+    step = jax.jit(make_step(loss_fn, optimizer))
+    state = init_state(lambda key: params, jax.random.key(0), optimizer)
+    ref_params = params
+    ref_state = optax.adamw(0.0).init(params)  # the state does not depend on the rate
+    for t in range(2):
+        state, metrics = step(state, batch)
+        rate = OPTIM.learning_rate * t / OPTIM.warmup_steps  # linear warm-up from 0
+        np.testing.assert_allclose(metrics["learning_rate"], rate, rtol=F32_RTOL)
+        ref = optax.adamw(rate, weight_decay=OPTIM.weight_decay)
+        grads = jax.grad(lambda p: loss_fn(p, batch)[0])(ref_params)
+        updates, ref_state = ref.update(grads, ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, updates)
+        np.testing.assert_allclose(metrics["aux"], 2 * metrics["loss"], rtol=F32_RTOL)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_ATOL),
+                 state["params"], ref_params)
+
+
+def test_schedule_peaks_then_decays_to_zero():
+    optimizer = make_optimizer(OPTIM, 10)
+    zeros = {"w": jnp.zeros(1)}
+    state, rates = optimizer.init(zeros), []
+    for _ in range(11):  # the rate update t used is stored by update t
+        _, state = optimizer.update(zeros, state, zeros)
+        rates.append(float(state.hyperparams["learning_rate"]))
+    np.testing.assert_allclose(rates[:5], [0.0, 0.025, 0.05, 0.075, 0.1], rtol=F32_RTOL)
+    assert rates[-1] == pytest.approx(0.0, abs=F32_ATOL) and max(rates) == pytest.approx(0.1)
+
+
+def test_mlp_shapes_and_parameter_count():
+    model = MLP(hidden=(5, 4), num_classes=3)
+    params = fast_init(lambda key: model.init(key, jnp.zeros((1, 6))), jax.random.key(0))
+    assert jax.jit(model.apply)(params, jnp.zeros((7, 6))).shape == (7, 3)
+    assert count_params(params) == 6 * 5 + 5 + 5 * 4 + 4 + 4 * 3 + 3
+
+
+def test_accuracy_matches_numpy(rng):
+    logits = rng.normal(size=(40, 5)).astype(np.float32)
+    labels = rng.integers(0, 5, 40)
+    assert float(accuracy(logits, labels)) == pytest.approx(
+        np.mean(np.argmax(logits, 1) == labels))
+    assert float(jax.jit(accuracy)(logits, labels)) == float(accuracy(logits, labels))
+
+
+def test_plot_curves_draws_losses_and_accuracies():
+    history = [{"step": s, "loss": 1.0 / s, "acc": 0.5 + s / 10} for s in (1, 2, 3)]
+    fig = plot_curves(history, {"train": "loss"}, {"test": "acc"}, target=0.7)
+    assert isinstance(fig, Figure) and len(fig.axes) == 2
+    assert len(fig.axes[1].lines) == 2  # the curve and the target line
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: get_config("fast"), ValueError, "unknown variant 'fast'"),
+    (lambda: load_config(CONFIG, ["--config.optim.learnin_rate=1"]), ConfigError,
+     "learning_rate"),
+    (lambda: load_config(CONFIG, ["--config.num_steps=ten"]), ConfigError, "num_steps"),
+    (lambda: sample_batch(jax.random.key(0), 0, jnp.zeros((4, 2)), jnp.zeros(4), 0),
+     ValueError, "batch_size must be a positive int"),
+    (lambda: sample_batch(jax.random.key(0), 0, jnp.zeros((4, 2)), jnp.zeros(3), 2),
+     ValueError, r"x.shape=\(4, 2\), y.shape=\(3,\)"),
+    (lambda: sample_batch(jax.random.key(0), 0, jnp.zeros((0, 2)), jnp.zeros(0), 2),
+     ValueError, "positive number of examples"),
+])
+def test_bad_inputs(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+@pytest.mark.slow
+def test_default_config_reaches_its_target(tmp_path):
+    summary = run_experiment(CONFIG, tmp_path, verbose=False)
+    assert summary["target_met"] is True
+    assert summary["digits_test_accuracy"] >= 0.97
+    assert summary["two_moons_test_accuracy"] >= 0.95  # noisy moons: the classes overlap
