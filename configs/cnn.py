@@ -3,10 +3,10 @@
     jaxmath run configs/cnn.py --workdir runs/cnn
     jaxmath run configs/cnn.py:quick --workdir /tmp/cnn_quick    # smoke variant, seconds
 
-Expected (seed 0; about 30 s on an idle 2-core CPU, 66 s measured on a shared one):
-test accuracy 0.9889 (5 of 450 wrong; target >= 0.98). Seeds 1 and 2: 0.9911 and 0.9956;
-without the shift augmentation (--config.augment_shift=0) seeds 0-2 give 0.9844, 0.9867
-and 0.9822.
+Expected (seed 0): test accuracy 0.9889 (5 of 450 wrong; target >= 0.98). Seeds 1 and 2:
+0.9911 and 0.9956; without the shift augmentation (--config.augment_shift=0) seeds 0-2
+give 0.9844, 0.9867 and 0.9822. Time: 40-66 s wall (28-33 s CPU) on a shared 2-core CPU
+at load average 4-8.
 """
 
 from __future__ import annotations

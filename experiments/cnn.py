@@ -128,9 +128,9 @@ def _plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.
                         max_shown: int = 24) -> Figure:
     wrong = np.flatnonzero(predictions != labels)
     shown = wrong[:max_shown]
-    cols = 8
+    cols = min(8, max(1, len(shown)))
     rows = max(1, -(-len(shown) // cols))
-    fig = Figure(figsize=(1.3 * cols, 1.5 * rows + 0.5), layout="constrained")
+    fig = Figure(figsize=(max(1.3 * cols, 4.0), 1.5 * rows + 0.5), layout="constrained")
     axes = np.atleast_1d(fig.subplots(rows, cols)).ravel()
     for ax in axes:
         ax.axis("off")
@@ -176,13 +176,15 @@ def run(config, workdir) -> dict:
         return sample_batch(key_batch, step, x_train, y_train, config.batch_size,
                             config.augment_shift)
 
-    predict = jax.jit(lambda params, x: jnp.argmax(model.apply(params, x), axis=-1))
+    @jax.jit
+    def test_predictions_and_accuracies(params):
+        predictions = jnp.argmax(model.apply(params, x_test), axis=-1)
+        return predictions, {"train_accuracy": accuracy(model.apply(params, x_train), y_train),
+                             "test_accuracy": jnp.mean(predictions == y_test)}
 
     def evaluate(state, step=None) -> dict[str, float]:
-        return {
-            "train_accuracy": float(jnp.mean(predict(state["params"], x_train) == y_train)),
-            "test_accuracy": float(jnp.mean(predict(state["params"], x_test) == y_test)),
-        }
+        _, metrics = jax.device_get(test_predictions_and_accuracies(state["params"]))
+        return {k: float(v) for k, v in metrics.items()}
 
     result = train_loop(init_state(lambda key: model.init(key, x_train[:1]), key_init, optimizer),
                         make_step(loss_fn, optimizer), batch_fn,
@@ -191,7 +193,7 @@ def run(config, workdir) -> dict:
                         metrics_fn=evaluate)
     params = result.state["params"]
     final = evaluate(result.state)
-    predictions = np.asarray(predict(params, x_test))
+    predictions = np.asarray(test_predictions_and_accuracies(params)[0])
 
     save_figure(plot_curves(result.history, losses={"train (augmented minibatch)": "loss"},
                             accuracies={"train": "train_accuracy", "test": "test_accuracy"},

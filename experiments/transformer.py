@@ -97,14 +97,16 @@ def sequence_metrics(logits: jax.Array, targets: jax.Array) -> dict[str, jax.Arr
             "sequence_accuracy": jnp.mean(jnp.all(correct, axis=-1))}
 
 
-def attention_weights(model: Sorter, params, tokens: jax.Array) -> jax.Array:
-    r"""``[layers, N, H, L, L]`` attention weights :math:`\mathrm{softmax}(Q_h K_h^T / \sqrt d)`.
+def logits_and_attention(model: Sorter, params, tokens: jax.Array
+                         ) -> tuple[jax.Array, jax.Array]:
+    r"""The logits ``[N, L, V]`` and every block's attention weights ``[layers, N, H, L, L]``.
 
-    The queries and keys are the outputs of each attention layer's ``query`` and ``key``
-    projections, captured while the model runs.
+    The weights :math:`\mathrm{softmax}(Q_h K_h^T / \sqrt d)` are computed from the
+    outputs of each attention layer's ``query`` and ``key`` projections, captured while the
+    model runs.
     """
-    _, state = model.apply(params, tokens, capture_intermediates=True,
-                           mutable=["intermediates"])
+    logits, state = model.apply(params, tokens, capture_intermediates=True,
+                                mutable=["intermediates"])
     trunk = state["intermediates"]["trunk"]
     weights = []
     for i in range(model.num_layers):
@@ -112,7 +114,7 @@ def attention_weights(model: Sorter, params, tokens: jax.Array) -> jax.Array:
         q, k = attn["query"]["__call__"][0], attn["key"]["__call__"][0]  # [N, L, H, d]
         scores = jnp.einsum("nqhd,nkhd->nhqk", q, k) / math.sqrt(q.shape[-1])
         weights.append(softmax(scores, axis=-1))
-    return jnp.stack(weights)
+    return logits, jnp.stack(weights)
 
 
 def _plot_attention(weights: np.ndarray, tokens: np.ndarray, predicted: np.ndarray) -> Figure:
@@ -183,10 +185,9 @@ def run(config, workdir) -> dict:
                             target=config.target_accuracy, accuracy_label="accuracy"),
                 workdir, "curves")
     example = x_test[:1]
-    weights, predicted = jax.jit(lambda p, x: (
-        attention_weights(model, p, x), jnp.argmax(model.apply(p, x), axis=-1)))(params, example)
+    logits, weights = jax.jit(partial(logits_and_attention, model))(params, example)
     save_figure(_plot_attention(np.asarray(weights[:, 0]), np.asarray(example[0]),
-                                np.asarray(predicted[0])), workdir, "attention")
+                                np.asarray(jnp.argmax(logits[0], axis=-1))), workdir, "attention")
 
     accuracy = final["test_sequence_accuracy"]
     last = result.history[-1]

@@ -301,6 +301,7 @@ QUICK_MEAN_TOL = 0.15
 QUICK_COV_RTOL = 0.2
 
 
+@pytest.mark.slow  # ~15 s of CPU; the stronger version below is slow too
 def test_learns_a_gaussian_mixture_quick():
     samples, losses = train_and_sample(64, 2, 100, 1000, 256, 3e-3, 2000)
     assert np.all(np.isfinite(samples))

@@ -7,8 +7,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 import pytest
+import scipy.stats
 from matplotlib.figure import Figure
 
 from configs.mlp import get_config
@@ -22,10 +22,12 @@ from experiments.mlp import (
     make_step,
     plot_curves,
     sample_batch,
+    smoothed_loss_floor,
 )
 from jaxmath.cli import run_experiment
 from jaxmath.config import ConfigError, load_config
-from tests.tolerances import F32_ATOL, F32_RTOL
+from jaxmath.losses import softmax_cross_entropy
+from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mlp.py")
 SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric",
@@ -72,40 +74,45 @@ def test_sample_batch_is_a_function_of_the_step(rng):
     np.testing.assert_array_equal(xb, np.asarray(x)[np.asarray(yb)])  # rows stay paired
 
 
-def test_schedule_and_step_match_optax_adamw():
-    """Two updates of make_step against optax.adamw run by hand with the closed-form rates."""
+def test_step_is_adamw_with_the_scheduled_rate():
+    """Three updates of make_step against AdamW written out in NumPy (float64)."""
     num_steps = 10
-    params = {"w": jnp.array([1.0, -2.0]), "b": jnp.array(0.5)}
-    batch = jnp.array([[1.0, 2.0], [3.0, -1.0]])
+    w0, b0 = np.array([1.0, -2.0]), 0.5
+    x = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
 
-    def loss_fn(p, x):
-        loss = jnp.mean((x @ p["w"] + p["b"]) ** 2)
+    def loss_fn(p, batch):
+        loss = jnp.mean((batch @ p["w"] + p["b"]) ** 2)
         return loss, {"aux": 2 * loss}
 
     optimizer = make_optimizer(OPTIM, num_steps)
     step = jax.jit(make_step(loss_fn, optimizer))
+    params = {"w": jnp.asarray(w0, jnp.float32), "b": jnp.float32(b0)}
     state = init_state(lambda key: params, jax.random.key(0), optimizer)
-    ref_params = params
-    ref_state = optax.adamw(0.0).init(params)  # the state does not depend on the rate
-    for t in range(2):
-        state, metrics = step(state, batch)
-        rate = OPTIM.learning_rate * t / OPTIM.warmup_steps  # linear warm-up from 0
-        np.testing.assert_allclose(metrics["learning_rate"], rate, rtol=F32_RTOL)
-        ref = optax.adamw(rate, weight_decay=OPTIM.weight_decay)
-        grads = jax.grad(lambda p: loss_fn(p, batch)[0])(ref_params)
-        updates, ref_state = ref.update(grads, ref_state, ref_params)
-        ref_params = optax.apply_updates(ref_params, updates)
+
+    theta = np.append(w0, b0)                       # [w, b]
+    m, v = np.zeros(3), np.zeros(3)
+    b1, b2, eps = 0.9, 0.999, 1e-8                  # optax.adamw's defaults
+    for t in range(1, 4):
+        state, metrics = step(state, jnp.asarray(x, jnp.float32))
+        r = x @ theta[:2] + theta[2]
+        np.testing.assert_allclose(metrics["loss"], np.mean(r ** 2), rtol=F32_RTOL)
         np.testing.assert_allclose(metrics["aux"], 2 * metrics["loss"], rtol=F32_RTOL)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_ATOL),
-                 state["params"], ref_params)
+        g = 2 / len(x) * np.append(x.T @ r, r.sum())
+        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
+        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
+        rate = OPTIM.learning_rate * (t - 1) / OPTIM.warmup_steps  # linear warm-up from 0
+        np.testing.assert_allclose(metrics["learning_rate"], rate, rtol=F32_RTOL)
+        theta = theta - rate * (m_hat / (np.sqrt(v_hat) + eps) + OPTIM.weight_decay * theta)
+    got = np.append(state["params"]["w"], state["params"]["b"])
+    np.testing.assert_allclose(got, theta, rtol=F32_LOOSE, atol=F32_ATOL)
 
 
 def test_schedule_peaks_then_decays_to_zero():
     optimizer = make_optimizer(OPTIM, 10)
     zeros = {"w": jnp.zeros(1)}
-    state, rates = optimizer.init(zeros), []
+    state, rates, update = optimizer.init(zeros), [], jax.jit(optimizer.update)
     for _ in range(11):  # the rate update t used is stored by update t
-        _, state = optimizer.update(zeros, state, zeros)
+        _, state = update(zeros, state, zeros)
         rates.append(float(state.hyperparams["learning_rate"]))
     np.testing.assert_allclose(rates[:5], [0.0, 0.025, 0.05, 0.075, 0.1], rtol=F32_RTOL)
     assert rates[-1] == pytest.approx(0.0, abs=F32_ATOL) and max(rates) == pytest.approx(0.1)
@@ -131,6 +138,20 @@ def test_plot_curves_draws_losses_and_accuracies():
     fig = plot_curves(history, {"train": "loss"}, {"test": "acc"}, target=0.7)
     assert isinstance(fig, Figure) and len(fig.axes) == 2
     assert len(fig.axes[1].lines) == 2  # the curve and the target line
+
+
+@pytest.mark.parametrize("smoothing, classes", [(0.1, 10), (0.1, 2), (0.0, 5), (1.0, 3)])
+def test_smoothed_loss_floor_is_the_minimum_of_the_loss(smoothing, classes):
+    floor = smoothed_loss_floor(smoothing, classes)
+    target = np.full(classes, smoothing / classes)
+    target[0] += 1 - smoothing
+    assert floor == pytest.approx(scipy.stats.entropy(target), rel=F32_RTOL)
+    best = np.log(np.maximum(target, 1e-30))  # logits = log t reach the floor
+    loss = softmax_cross_entropy(best[None], np.array([0]), label_smoothing=smoothing)
+    assert float(loss[0]) == pytest.approx(floor, rel=F32_LOOSE, abs=F32_ATOL)
+    worse = softmax_cross_entropy(np.zeros((1, classes)), np.array([0]),
+                                  label_smoothing=smoothing)
+    assert float(worse[0]) >= floor - F32_ATOL
 
 
 @pytest.mark.parametrize("call, exc, match", [

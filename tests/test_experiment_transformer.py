@@ -10,7 +10,7 @@ import pytest
 
 from configs.transformer import get_config
 from experiments.mlp import count_params, fast_init
-from experiments.transformer import Sorter, attention_weights, sequence_metrics, sorting_data
+from experiments.transformer import Sorter, logits_and_attention, sequence_metrics, sorting_data
 from jaxmath.cli import run_experiment
 from tests.tolerances import F32_LOOSE, F32_RTOL
 
@@ -67,9 +67,11 @@ def test_attention_weights_reproduce_the_attention_layer(rng):
     def run(params):
         _, state = model.apply(params, tokens, capture_intermediates=True,
                                mutable=["intermediates"])
-        return attention_weights(model, params, tokens), state["intermediates"]["trunk"]
+        logits, weights = logits_and_attention(model, params, tokens)
+        return logits, weights, model.apply(params, tokens), state["intermediates"]["trunk"]
 
-    weights, trunk = run(params)
+    logits, weights, want_logits, trunk = run(params)
+    np.testing.assert_array_equal(logits, want_logits)
     assert weights.shape == (2, 3, 2, 5, 5)
     np.testing.assert_allclose(weights.sum(-1), 1.0, rtol=F32_RTOL)
     assert float(weights.min()) >= 0.0
