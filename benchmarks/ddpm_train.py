@@ -23,8 +23,17 @@ each call running ``STEPS_PER_CALL`` steps:
   with one thread (``torch.set_num_threads(1)`` during its calls: on a loaded machine
   its two threads' barriers can cost more than they gain); the fastest one sets the bar.
 
+Memory: XLA:CPU allocates each call's temporaries afresh, and glibc's malloc serves
+blocks that large with ``mmap`` and unmaps them on ``free``, so every step of the jitted
+loop faults in tens of MB of new zero pages (the ``lax.scan`` variant allocates once per
+call). The benchmark therefore sets ``mallopt(M_MMAP_MAX, 0)`` and a 1 GiB
+``M_TRIM_THRESHOLD`` for the whole process -- PyTorch included -- while it runs (what
+``GLIBC_TUNABLES=glibc.malloc.mmap_threshold=...`` or a caching allocator such as
+tcmalloc does for a training script), and times the jitted step once more with glibc's
+defaults for the record.
+
 Both sides start from the same weights (PyTorch's default initialisation, copied into
-the Flax parameters); before timing, the two forward passes and the two gradients of
+the Flax parameters); before timing, the two losses and the two gradients of
 the loss for the same ``t`` and noise are checked to agree, so the two programs compute
 the same thing. Goal (issue 3): jaxmath >= 1.5x PyTorch's steps per second.
 
@@ -34,6 +43,8 @@ the same thing. Goal (issue 3): jaxmath >= 1.5x PyTorch's steps per second.
 from __future__ import annotations
 
 import argparse
+import ctypes
+import ctypes.util
 import functools
 import json
 import math
@@ -63,6 +74,33 @@ STEPS_PER_CALL = 10
 GOAL = 1.5
 RTOL, ATOL = 1e-4, 1e-5   # float32 forward passes and gradients of the two libraries
 MEANS = np.array([[-2.0, 0.0], [2.0, 0.0], [0.0, 2.0]], np.float32)
+
+
+# --------------------------------------------------------------------------- allocator
+
+M_TRIM_THRESHOLD, M_MMAP_MAX = -1, -4          # mallopt parameters (glibc's malloc.h)
+GLIBC_DEFAULTS = {M_TRIM_THRESHOLD: 128 * 1024, M_MMAP_MAX: 65536}
+KEEP_FREED = {M_TRIM_THRESHOLD: 1 << 30, M_MMAP_MAX: 0}
+
+
+def _mallopt(settings: dict[int, int]) -> bool:
+    """Set glibc malloc parameters; False where there is no glibc ``mallopt``."""
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        return all(libc.mallopt(k, v) == 1 for k, v in settings.items())
+    except (OSError, AttributeError):
+        return False
+
+
+def default_malloc(run):
+    """``run`` with glibc's default malloc parameters during its calls (for the record)."""
+    def wrapped():
+        _mallopt(GLIBC_DEFAULTS)
+        try:
+            return run()
+        finally:
+            _mallopt(KEEP_FREED)
+    return wrapped
 
 
 # --------------------------------------------------------------------------- PyTorch
@@ -288,12 +326,23 @@ def bench(quick: bool = False) -> dict:
              single_threaded(torch_trainer(torch_copy(), x0, foreach=True)),
              configs=STEPS_PER_CALL),
     ]
-    load_before = os.getloadavg()
-    timings, outputs = measure(impls, repeats=3 if quick else 9)
-    load_after = os.getloadavg()
+    impls.insert(2, Impl("(jaxmath (jit step), glibc's default malloc)",
+                         default_malloc(JaxTrainer(copy(params), x0, scan=False)), role="info",
+                         configs=STEPS_PER_CALL))
+    tuned = _mallopt(KEEP_FREED)
+    try:
+        load_before = os.getloadavg()
+        timings, outputs = measure(impls, repeats=3 if quick else 9)
+        load_after = os.getloadavg()
+    finally:
+        if tuned:
+            _mallopt(GLIBC_DEFAULTS)
     losses = {name: float(v) for name, v in outputs.items()}
     if not all(np.isfinite(v) for v in losses.values()):
         raise AssertionError(f"ddpm_train: a first-call loss is not finite: {losses}")
+    per_step = {i.name: timings[i.name].median_s / STEPS_PER_CALL for i in impls}
+    default_threads = min(per_step[i.name] for i in impls
+                          if i.role == "peer" and "1 thread" not in i.name)
     record = summarise(
         "ddpm_train",
         f"DDPM training steps/s, MLP denoiser ({FEATURES} wide, {NUM_BLOCKS} residual blocks, "
@@ -302,6 +351,13 @@ def bench(quick: bool = False) -> dict:
         impls, timings, GOAL, f"jaxmath >= {GOAL:g}x the fastest PyTorch eager step rate",
         extra={"steps_per_s": {i.name: STEPS_PER_CALL / timings[i.name].median_s
                                for i in impls},
+               "ratio_vs_torch_default_threads": default_threads / per_step[impls[0].name],
+               "ratio_scan_vs_fastest_peer":
+                   min(per_step[i.name] for i in impls if i.role == "peer")
+                   / per_step[impls[1].name],
+               "malloc": ("glibc malloc without mmap and with a 1 GiB trim threshold "
+                          "(mallopt), for every implementation but the one marked 'default "
+                          "malloc'" if tuned else "default (no glibc mallopt)"),
                "first_call_loss": losses,
                "equivalence_check": diffs,
                "load_average_before_after": [load_before[0], load_after[0]]})
@@ -315,6 +371,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# load {os.getloadavg()[0]:.2f}, torch threads {torch.get_num_threads()}")
     r = bench(args.quick)
     print(json.dumps({k: r[k] for k in ("steps_per_s", "ratio", "status",
+                                        "ratio_vs_torch_default_threads",
+                                        "ratio_scan_vs_fastest_peer",
                                         "load_average_before_after")}, indent=1))
     return 0
 
