@@ -1,9 +1,16 @@
 """DDPM on two moons, Swiss roll and eight Gaussians (MLP denoiser): DDPM vs 10x-faster DDIM.
 
     jaxmath run configs/ddpm_2d.py --workdir runs/ddpm_2d
-    jaxmath run configs/ddpm_2d.py:quick --workdir /tmp/ddpm_2d_quick    # smoke variant, seconds
+    jaxmath run configs/ddpm_2d.py:quick --workdir /tmp/ddpm_2d_quick    # smoke, ~15 s
 
-Expected (2-core CPU, TBD): TBD
+Expected (2-core CPU shared at load ~1.2-1.9: 59-71 s wall, 87-104 s CPU; bit-identical
+across runs): three MLP denoisers (64 wide, 2 residual blocks) trained as one vmapped program,
+4,000 Adam steps of 512 points per dataset in ~36 s. Sliced W2 to 2,000 held-out points,
+DDPM (1,000 steps) / DDIM (100 steps) / reference (two independent data draws):
+two_moons 0.093 / 0.076 / 0.058, swiss_roll 0.068 / 0.045 / 0.041, eight_gaussians
+0.115 / 0.058 / 0.104; worst DDPM ratio 1.67 and DDIM 1.31 against the target
+SW <= 2 x reference on every dataset: target met. Sampling 3 x 2,000 points: DDPM 4.1-6.5 s,
+DDIM 0.53-0.56 s (7.8x faster). The quick variant takes ~14 s (mostly compilation).
 """
 
 from __future__ import annotations
@@ -39,7 +46,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     })
     config.batch_size = 512         # per dataset
     config.num_steps = 4000
-    config.log_every = 100
+    config.log_every = 20
     config.checkpoint_every = 1000
     config.eval = ml_collections.ConfigDict({
         "num_eval": 2000,           # samples per sampler and dataset; held-out set size

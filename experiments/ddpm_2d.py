@@ -21,7 +21,9 @@ compiled program, run by :func:`jaxmath.train.train_loop` (metrics.jsonl, orbax
 checkpoints, resume after a kill; the minibatch of step :math:`s` is drawn with
 ``fold_in(key, s)``, so a resumed run is bit-identical). Minibatches of ``batch_size`` are
 drawn with replacement from each training set; Adam with linear warm-up and cosine decay
-and global-norm gradient clipping (``config.optim``).
+and global-norm gradient clipping (``config.optim``). Samples come from an exponential
+moving average of the parameters, :math:`\bar\theta \leftarrow \beta \bar\theta +
+(1 - \beta) \theta` (``ema_decay``), carried in the training state.
 
 Sampling. ``num_eval`` samples per dataset from DDPM's ancestral sampler (all ``T`` steps,
 :func:`~jaxmath.diffusion.samplers.ddpm_sample`) and from deterministic DDIM
@@ -181,16 +183,25 @@ def _plot_samples(names, heldout, ddpm, ddim, scores, ddim_steps, T) -> Figure:
     return fig
 
 
-def _plot_loss(names, history) -> Figure:
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average over up to ``window`` values (shorter at the start)."""
+    c = np.cumsum(np.concatenate([[0.0], np.asarray(values, np.float64)]))
+    i = np.arange(1, len(values) + 1)
+    return (c[i] - c[np.maximum(i - window, 0)]) / np.minimum(i, window)
+
+
+def plot_losses(curves: Mapping[str, Sequence[float]], steps: Sequence[int], ylabel: str,
+                title: str, window: int = 10) -> Figure:
+    """Minibatch losses (faint) and their moving average over ``window`` log rows."""
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.add_subplot()
-    steps = [r["step"] for r in history]
-    for name in names:
-        ax.plot(steps, [r[f"loss_{name}"] for r in history], label=name)
+    for i, (name, values) in enumerate(curves.items()):
+        ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
+        ax.plot(steps, smooth(values, window), color=f"C{i}", label=name)
     ax.set_xlabel("step")
-    ax.set_ylabel(r"$\|\epsilon - \epsilon_\theta\|^2$ (minibatch)")
+    ax.set_ylabel(ylabel)
     ax.set_yscale("log")
-    ax.set_title("DDPM training loss")
+    ax.set_title(title)
     ax.legend()
     return fig
 
@@ -213,7 +224,7 @@ def run(config, workdir) -> dict:
                            m.schedule, num_timesteps=m.num_timesteps,
                            prediction_type=m.prediction_type)
     tx = make_optimizer(config.optim)
-    x_init = jnp.zeros((config.batch_size, 2))
+    x_init = jnp.zeros((2, 2))  # shapes only
     params = jax.jit(jax.vmap(lambda k: model.init(k, x_init, jnp.zeros(len(x_init), jnp.int32))))(
         jax.random.split(k_init, D))
     state = jax.vmap(lambda p: init_state(p, tx))(params)
@@ -268,7 +279,11 @@ def run(config, workdir) -> dict:
 
     save_figure(_plot_samples(names, data["heldout"], np.asarray(ddpm_x), np.asarray(ddim_x),
                               scores, ddim_steps, T), workdir, "samples")
-    save_figure(_plot_loss(names, result.history), workdir, "loss")
+    save_figure(plot_losses({n: [r[f"loss_{n}"] for r in result.history] for n in names},
+                            [r["step"] for r in result.history],
+                            r"$\|\epsilon - \epsilon_\theta\|^2$ (minibatch)",
+                            "DDPM training loss (moving average of 10 log rows)"),
+                workdir, "loss")
 
     summary: dict[str, Any] = {}
     ratios_ddpm, ratios_ddim = [], []

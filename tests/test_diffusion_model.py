@@ -111,6 +111,9 @@ def test_schedule_by_name_or_pytree():
     assert DiffusionModel(MLPDenoiser()).noise_schedule.num_timesteps == 1000
     hash(named)  # a named schedule keeps the module hashable (static arguments, nn.jit)
     v = random_variables(named, X0, T0)
+    for model in (named, given):  # jax.jit(model.apply) works with either
+        np.testing.assert_allclose(jax.jit(model.apply)(v, X0, T0), model.apply(v, X0, T0),
+                                   rtol=F32_LOOSE, atol=F32_LOOSE)
     np.testing.assert_array_equal(named.apply(v, X0, KEY, method="loss"),
                                   given.apply(v, X0, KEY, method="loss"))
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from experiments.ddpm_digits import _grid, load_digits
+from experiments.ddpm_digits import _grid, load_digits, nearest_distance
 from jaxmath.cli import run_experiment
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ddpm_digits.py")
@@ -26,7 +26,7 @@ def test_quick_run_writes_its_files(tmp_path):
         assert key in summary, key
     assert summary["mmd_samples"] > 0 and summary["mmd_reference"] > 0
     assert summary["num_samples"] == 36 and summary["sampling_steps"] == 5
-    assert summary["target_mmd"] == pytest.approx(1.5 * summary["mmd_reference"])
+    assert summary["target_mmd"] == pytest.approx(2.0 * summary["mmd_reference"])
     rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in rows] == [5, 10]
     assert all(np.isfinite(r["loss"]) for r in rows)
@@ -49,6 +49,14 @@ def test_grid_tiles_images_row_major():
     assert np.isnan(canvas[8]).all() and np.isnan(canvas[:, 8]).all()
 
 
+def test_nearest_distance_is_zero_for_copies():
+    rng = np.random.default_rng(0)
+    train = rng.uniform(-1, 1, size=(20, 8, 8, 1))
+    assert nearest_distance(train[:5], train) == pytest.approx(0.0, abs=1e-6)
+    shifted = train[:3] + 0.5  # every pixel 0.5 away from its source: distance 0.5 * 8
+    assert nearest_distance(shifted, train[:3]) == pytest.approx(4.0)
+
+
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
     summary = run_experiment(CONFIG, tmp_path, verbose=False)
@@ -57,3 +65,5 @@ def test_default_config_meets_its_target(tmp_path):
     # the structure-free pixel Gaussian fails the same target
     assert summary["mmd_baseline"] > summary["target_mmd"]
     assert summary["classes_covered"] == 10
+    # not copies of the training set: as far from it as held-out digits are, roughly
+    assert summary["nn_distance_samples_to_train"] > 0.5 * summary["nn_distance_test_to_train"]
