@@ -12,8 +12,6 @@ from jaxmath.cli import run_experiment
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ddpm_digits.py")
 
 
-# Compile-heavy (~30-45 s of CPU): kept out of make test to hold it under 10 minutes.
-@pytest.mark.slow
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
     for name in ("config.json", "summary.json", "report.md", "metrics.jsonl",
