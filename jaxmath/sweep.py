@@ -403,7 +403,10 @@ def run_sweep(fn: Callable[[dict[str, Any]], PyTree], hparams: Mapping[str, Arra
       chunk is padded with copies of the last configuration (their results are
       dropped), so every call has one shape and one compilation. Each chunk's
       results are copied to the host before the one after next is dispatched,
-      so a sweep larger than device memory fits.
+      so a sweep larger than device memory fits. Chunks can also be faster on
+      a CPU, where a chunk's per-step arrays stay in cache: 1,024 small-MLP
+      configurations ran 1.5x faster as 8 chunks of 128 than in one call
+      (``benchmarks/sweep.py``); on an accelerator, fill the memory instead.
     * **Devices.** The sweep axis is sharded over ``mesh``'s ``"sweep"`` axis
       (``NamedSharding``); the default mesh holds every device of every process
       (``jax.devices()``: after :func:`init_distributed`, all machines), and the
