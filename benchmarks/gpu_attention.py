@@ -11,7 +11,7 @@ halved when causal; forward+backward 3.5x the forward (five more products in the
 backward pass, one of them recomputing the scores). An implementation that fails
 (out of memory, unsupported) is recorded with its error and left out of the timing.
 
-    python benchmarks/gpu_attention.py               # on a GPU: writes results/gpu.json
+    python benchmarks/gpu_attention.py               # on a GPU: results/gpu.json["attention"]
     python benchmarks/gpu_attention.py --smoke       # tiny sizes, any machine (CPU too)
     python benchmarks/gpu_attention.py --profile DIR # also trace the L=1024 forward
 
@@ -57,7 +57,21 @@ def _flops(cfg: dict, length: int, is_causal: bool, mode: str) -> float:
     return fwd * (3.5 if mode == "fwd+bwd" else 1.0)
 
 
-def _device() -> dict:
+def merge_record(path: Path, key: str, record: dict) -> None:
+    """Write ``record`` as ``path[key]`` atomically, keeping the file's other entries."""
+    from benchmarks.run import write_json_atomic
+
+    data = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            data = {}
+    data[key] = json.loads(json.dumps(record, default=str))
+    write_json_atomic(path, data)
+
+
+def device_info() -> dict:
     info = {"jax_backend": jax.default_backend(),
             "jax_devices": [d.device_kind for d in jax.devices()],
             "jax": jax.__version__, "python": platform.python_version()}
@@ -268,7 +282,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = SMOKE if args.smoke else FULL
     output = args.output or (None if args.smoke else OUTPUT)
-    device = _device()
+    device = device_info()
     print(f"# {device}", flush=True)
     results = {"config": dict(cfg), "device": device,
                "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
@@ -291,8 +305,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.profile:
         results["profile"] = profile(cfg, args.profile)
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=1, default=str) + "\n")
+        merge_record(output, "attention", results)
         print(f"wrote {output}")
     return 0
 
