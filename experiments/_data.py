@@ -7,6 +7,7 @@ from typing import NamedTuple
 import numpy as np
 
 LOADERS = ("iris", "wine", "breast_cancer", "digits")
+DIGITS_MAX = 16.0  # the digits' grey levels are 0..16
 
 
 class Split(NamedTuple):

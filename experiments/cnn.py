@@ -18,7 +18,7 @@ convolution is :math:`y[n,i,j,o] = b_o + \sum_{u,v,c} x[n, i+u-1, j+v-1, c]\,k[u
 
 Method. The mean softmax cross-entropy (:func:`jaxmath.softmax_cross_entropy`) of
 minibatches of ``batch_size`` training images drawn with replacement is minimised by
-AdamW with warm-up and cosine decay (the training step of :mod:`experiments.mlp`:
+AdamW with warm-up and cosine decay (the training step of :mod:`experiments._train`:
 ``jax.grad`` and optax, run by :func:`jaxmath.train.train_loop`). Each training image is
 translated by a random offset of up to ``augment_shift`` pixels in each direction (zero
 fill), drawn from ``fold_in(key, step)`` like the batch: with 8x8 images a one-pixel
@@ -46,13 +46,12 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._data import load_sklearn
-from experiments.mlp import (
-    DIGITS_MAX,
+from experiments._data import DIGITS_MAX, load_sklearn
+from experiments._train import (
     accuracy,
     count_params,
     init_state,
-    make_optimizer,
+    make_adamw,
     make_step,
     plot_curves,
 )
@@ -164,7 +163,7 @@ def run(config, workdir) -> dict:
     x_train, y_train, x_test, y_test = load_digits(config)
     key_init, key_batch = jax.random.split(jax.random.key(config.seed))
     model = CNN(tuple(config.model.features), config.model.hidden, num_classes=10)
-    optimizer = make_optimizer(config.optim, config.num_steps)
+    optimizer = make_adamw(config.optim, config.num_steps)
 
     def loss_fn(params, batch):
         x, y = batch

@@ -56,79 +56,28 @@ from __future__ import annotations
 
 import functools
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from matplotlib.figure import Figure
 
+from experiments._train import (
+    compile_timed,
+    init_ema_state,
+    make_clipped_adam,
+    make_diffusion_step,
+    plot_losses,
+)
 from jaxmath.datasets import TOY_2D
 from jaxmath.diffusion.denoisers import MLPDenoiser
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.metrics import median_bandwidth, mmd_squared, sliced_wasserstein
 from jaxmath.train import train_loop
 from jaxmath.train.report import save_figure
-
-PyTree = Any
-
-
-# --------------------------------------------------------------------------- shared pieces
-
-
-def make_optimizer(optim: Mapping[str, Any]) -> optax.GradientTransformation:
-    """Adam with gradient clipping and a warm-up + cosine learning-rate schedule.
-
-    The rate rises linearly from 0 over ``warmup_steps``, then decays along a cosine to
-    ``end_factor * learning_rate`` at ``decay_steps`` and stays there. The schedule's
-    length is its own config field, not ``num_steps``: a run extended past it (or
-    stopped early and resumed) follows the same schedule as an uninterrupted one.
-    """
-    decay_steps = int(optim["decay_steps"])
-    warmup = min(int(optim["warmup_steps"]), max(decay_steps - 1, 0))
-    lr = optax.warmup_cosine_decay_schedule(
-        0.0, optim["learning_rate"], warmup, max(decay_steps, warmup + 1),
-        end_value=optim["learning_rate"] * optim["end_factor"])
-    return optax.chain(optax.clip_by_global_norm(optim["grad_clip"]), optax.adam(lr))
-
-
-def init_state(params: PyTree, tx: optax.GradientTransformation) -> dict[str, PyTree]:
-    """The training state: parameters, optimiser state and their exponential moving average."""
-    return {"params": params, "opt_state": tx.init(params), "ema": params}
-
-
-def make_train_step(model: DiffusionModel, tx: optax.GradientTransformation, batch_size: int,
-                    ema_decay: float) -> Callable:
-    r"""``step(state, s, data, key) -> (state, loss)``: one Adam update on a minibatch.
-
-    The minibatch (``batch_size`` rows of ``data`` drawn with replacement) and the loss's
-    timesteps and noise come from ``fold_in(key, s)``: a function of the step alone. The
-    moving average :math:`\bar\theta \leftarrow \beta \bar\theta + (1 - \beta)\theta`
-    (:math:`\beta` = ``ema_decay``) is what is sampled from.
-    """
-    def step(state: PyTree, s: jax.Array, data: jax.Array, key: jax.Array):
-        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, s))
-        x0 = data[jax.random.randint(k_batch, (batch_size,), 0, data.shape[0])]
-        loss, grads = jax.value_and_grad(
-            lambda p: model.apply(p, x0, k_loss, method="loss"))(state["params"])
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        ema = optax.incremental_update(params, state["ema"], 1 - ema_decay)
-        return {"params": params, "opt_state": opt_state, "ema": ema}, loss
-    return step
-
-
-def compile_timed(fn: Callable, *args: Any) -> tuple[Any, float, float]:
-    """Run ``jax.jit(fn)(*args)`` compiled ahead of time: ``(out, compile_s, run_s)``."""
-    t0 = time.perf_counter()
-    compiled = jax.jit(fn).lower(*args).compile()
-    t1 = time.perf_counter()
-    out = jax.block_until_ready(compiled(*args))
-    return out, t1 - t0, time.perf_counter() - t1
-
 
 # --------------------------------------------------------------------------- data
 
@@ -183,29 +132,6 @@ def _plot_samples(names, heldout, ddpm, ddim, scores, ddim_steps, T) -> Figure:
     return fig
 
 
-def smooth(values: Sequence[float], window: int) -> np.ndarray:
-    """Trailing moving average over up to ``window`` values (shorter at the start)."""
-    c = np.cumsum(np.concatenate([[0.0], np.asarray(values, np.float64)]))
-    i = np.arange(1, len(values) + 1)
-    return (c[i] - c[np.maximum(i - window, 0)]) / np.minimum(i, window)
-
-
-def plot_losses(curves: Mapping[str, Sequence[float]], steps: Sequence[int], ylabel: str,
-                title: str, window: int = 10) -> Figure:
-    """Minibatch losses (faint) and their moving average over ``window`` log rows."""
-    fig = Figure(figsize=(7, 4), layout="constrained")
-    ax = fig.add_subplot()
-    for i, (name, values) in enumerate(curves.items()):
-        ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
-        ax.plot(steps, smooth(values, window), color=f"C{i}", label=name)
-    ax.set_xlabel("step")
-    ax.set_ylabel(ylabel)
-    ax.set_yscale("log")
-    ax.set_title(title)
-    ax.legend()
-    return fig
-
-
 # --------------------------------------------------------------------------- run
 
 
@@ -223,14 +149,14 @@ def run(config, workdir) -> dict:
     model = DiffusionModel(MLPDenoiser(features=m.features, num_blocks=m.num_blocks),
                            m.schedule, num_timesteps=m.num_timesteps,
                            prediction_type=m.prediction_type)
-    tx = make_optimizer(config.optim)
+    tx = make_clipped_adam(config.optim)
     x_init = jnp.zeros((2, 2))  # shapes only
     params = jax.jit(jax.vmap(lambda k: model.init(k, x_init, jnp.zeros(len(x_init), jnp.int32))))(
         jax.random.split(k_init, D))
-    state = jax.vmap(lambda p: init_state(p, tx))(params)
+    state = jax.vmap(lambda p: init_ema_state(p, tx))(params)
 
     # One vmapped step trains all D models; the loop passes the step number as the batch.
-    step = make_train_step(model, tx, config.batch_size, config.optim.ema_decay)
+    step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay)
     train, train_keys = jnp.asarray(data["train"]), jax.random.split(k_train, D)
     t_start = time.perf_counter()
 

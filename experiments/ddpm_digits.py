@@ -68,11 +68,11 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from experiments._data import load_sklearn
-from experiments.ddpm_2d import (
+from experiments._train import (
     compile_timed,
-    init_state,
-    make_optimizer,
-    make_train_step,
+    init_ema_state,
+    make_clipped_adam,
+    make_diffusion_step,
     plot_losses,
 )
 from jaxmath.diffusion.denoisers import UNet
@@ -155,12 +155,12 @@ def run(config, workdir) -> dict:
                 mid_attention=m.mid_attention, num_heads=m.num_heads, num_groups=m.num_groups)
     model = DiffusionModel(unet, m.schedule, num_timesteps=m.num_timesteps,
                            prediction_type=m.prediction_type)
-    tx = make_optimizer(config.optim)
+    tx = make_clipped_adam(config.optim)
     x_init = jnp.zeros((2, 8, 8, 1))
     params = jax.jit(model.init)(k_init, x_init, jnp.zeros(2, jnp.int32))
-    state = init_state(params, tx)
+    state = init_ema_state(params, tx)
 
-    step = make_train_step(model, tx, config.batch_size, config.optim.ema_decay)
+    step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay)
     data = jnp.asarray(train)
 
     def step_fn(state, s):

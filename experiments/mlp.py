@@ -50,20 +50,26 @@ plane, its 0.5 contour, and the test points.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from matplotlib.figure import Figure
 
-from experiments._data import Split, load_sklearn
+from experiments._data import DIGITS_MAX, Split, load_sklearn
+from experiments._train import (
+    PyTree,
+    accuracy,
+    count_params,
+    init_state,
+    make_adamw,
+    make_step,
+    plot_curves,
+)
 from jaxmath.datasets import two_moons
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn.softmax import softmax
@@ -71,8 +77,6 @@ from jaxmath.probability import entropy
 from jaxmath.train import train_loop
 from jaxmath.train.report import save_figure
 
-PyTree = Any
-DIGITS_MAX = 16.0  # the digits' grey levels are 0..16
 Batch = tuple[jax.Array, jax.Array]
 
 
@@ -87,61 +91,6 @@ class MLP(nn.Module):
         for width in self.hidden:
             x = nn.relu(nn.Dense(width)(x))
         return nn.Dense(self.num_classes)(x)
-
-
-# ----------------------------------------------------------------- training pieces
-# (shared with experiments/cnn.py and experiments/transformer.py)
-
-
-def make_optimizer(optim, num_steps: int) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and cosine decay; the rate is a hyperparameter in the state."""
-    schedule = optax.warmup_cosine_decay_schedule(
-        0.0, optim.learning_rate, min(optim.warmup_steps, max(num_steps - 1, 1)), num_steps)
-    return optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
-                                                 weight_decay=optim.weight_decay)
-
-
-def fast_init(init_fn: Callable[[jax.Array], PyTree], key: jax.Array) -> PyTree:
-    """``init_fn(key)`` (e.g. a Flax ``model.init``) in one jitted call, fast to compile.
-
-    It is traced with the non-partitionable threefry: on CPU, XLA compiles the
-    partitionable threefry (JAX's default) of every 3-D or 4-D parameter's initialiser in
-    seconds, which dominated the start-up of the convolutional and attention models. The
-    values differ from the default's, the distribution is the same.
-    """
-    # (a JAX without the switch just compiles the default, more slowly)
-    switch = getattr(jax, "threefry_partitionable", None)
-    with switch(False) if switch is not None else contextlib.nullcontext():
-        return jax.jit(init_fn)(key)
-
-
-def init_state(init_params: Callable[[jax.Array], PyTree], key: jax.Array,
-               optimizer: optax.GradientTransformation) -> dict:
-    """The training state ``{"params", "opt_state"}``, a plain pytree (what is checkpointed).
-
-    ``init_params(key)`` initialises the parameters (see :func:`fast_init`).
-    """
-    def init(key):
-        params = init_params(key)
-        return {"params": params, "opt_state": optimizer.init(params)}
-
-    return fast_init(init, key)
-
-
-def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
-    """``step(state, batch) -> (state, metrics)``: one optimiser update on ``loss_fn``'s gradient.
-
-    ``loss_fn(params, batch) -> (loss, aux metrics)``; the metrics are ``aux`` plus
-    ``loss`` and the ``learning_rate`` the update used.
-    """
-    def step(state: dict, batch: Any) -> tuple[dict, dict]:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
-        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        # inject_hyperparams stores the rate this update used in the new state
-        return ({"params": params, "opt_state": opt_state},
-                {"loss": loss, "learning_rate": opt_state.hyperparams["learning_rate"], **aux})
-    return step
 
 
 @partial(jax.jit, static_argnames="batch_size")
@@ -166,37 +115,6 @@ def smoothed_loss_floor(label_smoothing: float, num_classes: int) -> float:
     target = np.full(num_classes, label_smoothing / num_classes)
     target[0] += 1.0 - label_smoothing
     return float(entropy(target))
-
-
-def count_params(params: PyTree) -> int:
-    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
-
-
-def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
-    """Fraction of examples whose largest logit is the label."""
-    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
-
-
-def plot_curves(history: Sequence[Mapping[str, float]], losses: Mapping[str, str],
-                accuracies: Mapping[str, str], target: float | None = None,
-                accuracy_label: str = "test accuracy",
-                loss_label: str = "loss on the minibatch") -> Figure:
-    """Losses (log scale) and accuracies against the step; ``{label: metrics key}`` each."""
-    fig = Figure(figsize=(10, 3.8), layout="constrained")
-    ax_loss, ax_acc = fig.subplots(1, 2)
-    steps = [row["step"] for row in history]
-    for label, key in losses.items():
-        ax_loss.plot(steps, [row[key] for row in history], label=label)
-    ax_loss.set(yscale="log", xlabel="step", ylabel=loss_label, title="training loss")
-    for label, key in accuracies.items():
-        ax_acc.plot(steps, [row[key] for row in history], marker=".", label=label)
-    if target is not None:
-        ax_acc.axhline(target, color="grey", linestyle="--", label=f"target {target:g}")
-    ax_acc.set(xlabel="step", ylabel=accuracy_label, title=accuracy_label)
-    for ax in (ax_loss, ax_acc):
-        ax.grid(alpha=0.3)
-        ax.legend()
-    return fig
 
 
 # ----------------------------------------------------------------- the experiment
@@ -245,7 +163,7 @@ def run(config, workdir) -> dict:
     data = load_data(config)
     key_init, key_batch = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
     models = {name: MLP(tuple(config.model.hidden), d.num_classes) for name, d in data.items()}
-    optimizer = make_optimizer(config.optim, config.num_steps)
+    optimizer = make_adamw(config.optim, config.num_steps)
 
     def init_params(key):
         return {name: model.init(jax.random.fold_in(key, i), data[name].x_train[:1])

@@ -19,7 +19,7 @@ position:
 Method. Every step draws a fresh batch of ``batch_size`` sequences from
 ``fold_in(key, step)``; the loss (:func:`jaxmath.softmax_cross_entropy`, mean over
 positions and batch) is minimised by AdamW with warm-up and cosine decay (the training
-step of :mod:`experiments.mlp`: ``jax.grad`` and optax, run by
+step of :mod:`experiments._train`: ``jax.grad`` and optax, run by
 :func:`jaxmath.train.train_loop`).
 
 Evaluation. ``task.num_test`` sequences drawn with a separate key are held out. The
@@ -53,7 +53,7 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments.mlp import count_params, init_state, make_optimizer, make_step, plot_curves
+from experiments._train import count_params, init_state, make_adamw, make_step, plot_curves
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn import Transformer
 from jaxmath.nn.softmax import softmax
@@ -153,7 +153,7 @@ def run(config, workdir) -> dict:
     m = config.model
     model = Sorter(task.vocab_size, task.seq_len, m.num_layers, m.d_model, m.num_heads,
                    m.mlp_ratio)
-    optimizer = make_optimizer(config.optim, config.num_steps)
+    optimizer = make_adamw(config.optim, config.num_steps)
 
     def loss_fn(params, batch):
         x, y = batch

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from configs.cnn import get_config
+from experiments._train import count_params, fast_init
 from experiments.cnn import CNN, load_digits, random_shift, sample_batch
-from experiments.mlp import count_params, fast_init
 from jaxmath.cli import run_experiment
 from tests.tolerances import F32_ATOL, F32_LOOSE
 

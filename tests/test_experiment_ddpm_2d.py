@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from experiments.ddpm_2d import make_data, smooth
+from experiments.ddpm_2d import make_data
 from jaxmath.cli import run_experiment
 from tests.tolerances import F32_LOOSE
 
@@ -55,12 +55,6 @@ def test_data_is_standardised_per_dataset():
     # held-out points are fresh draws, standardised with the training statistics
     assert not np.isin(data["heldout"][0], data["train"][0]).all(axis=1).any()
     assert abs(data["heldout"].mean()) < 0.5
-
-
-def test_smooth_is_a_trailing_moving_average():
-    values = np.array([1.0, 3.0, 5.0, 7.0])
-    np.testing.assert_allclose(smooth(values, 2), [1.0, 2.0, 4.0, 6.0])
-    np.testing.assert_allclose(smooth(values, 10), np.cumsum(values) / np.arange(1, 5))
 
 
 @pytest.mark.slow

@@ -1,29 +1,17 @@
-"""experiments/mlp.py: the MLP on two-moons and digits, and the training pieces it shares."""
+"""experiments/mlp.py: the MLP on two-moons and digits."""
 
 import json
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import pytest
 import scipy.stats
-from matplotlib.figure import Figure
 
 from configs.mlp import get_config
-from experiments.mlp import (
-    MLP,
-    accuracy,
-    count_params,
-    fast_init,
-    init_state,
-    make_optimizer,
-    make_step,
-    plot_curves,
-    sample_batch,
-    smoothed_loss_floor,
-)
+from experiments._train import count_params, fast_init
+from experiments.mlp import MLP, sample_batch, smoothed_loss_floor
 from jaxmath.cli import run_experiment
 from jaxmath.config import ConfigError, load_config
 from jaxmath.losses import softmax_cross_entropy
@@ -36,8 +24,6 @@ SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric",
                 "final_loss", "num_steps", "num_params"}
 ROW_KEYS = {"step", "loss", "loss_digits", "loss_two_moons", "learning_rate",
             "digits_test_accuracy", "two_moons_test_accuracy"}
-OPTIM = ml_collections.ConfigDict({"learning_rate": 0.1, "warmup_steps": 4,
-                                   "weight_decay": 0.01})
 
 
 def test_quick_run_writes_its_files(tmp_path):
@@ -74,70 +60,11 @@ def test_sample_batch_is_a_function_of_the_step(rng):
     np.testing.assert_array_equal(xb, np.asarray(x)[np.asarray(yb)])  # rows stay paired
 
 
-def test_step_is_adamw_with_the_scheduled_rate():
-    """Three updates of make_step against AdamW written out in NumPy (float64)."""
-    num_steps = 10
-    w0, b0 = np.array([1.0, -2.0]), 0.5
-    x = np.array([[1.0, 2.0], [3.0, -1.0], [0.5, 0.5]])
-
-    def loss_fn(p, batch):
-        loss = jnp.mean((batch @ p["w"] + p["b"]) ** 2)
-        return loss, {"aux": 2 * loss}
-
-    optimizer = make_optimizer(OPTIM, num_steps)
-    step = jax.jit(make_step(loss_fn, optimizer))
-    params = {"w": jnp.asarray(w0, jnp.float32), "b": jnp.float32(b0)}
-    state = init_state(lambda key: params, jax.random.key(0), optimizer)
-
-    theta = np.append(w0, b0)                       # [w, b]
-    m, v = np.zeros(3), np.zeros(3)
-    b1, b2, eps = 0.9, 0.999, 1e-8                  # optax.adamw's defaults
-    for t in range(1, 4):
-        state, metrics = step(state, jnp.asarray(x, jnp.float32))
-        r = x @ theta[:2] + theta[2]
-        np.testing.assert_allclose(metrics["loss"], np.mean(r ** 2), rtol=F32_RTOL)
-        np.testing.assert_allclose(metrics["aux"], 2 * metrics["loss"], rtol=F32_RTOL)
-        g = 2 / len(x) * np.append(x.T @ r, r.sum())
-        m, v = b1 * m + (1 - b1) * g, b2 * v + (1 - b2) * g ** 2
-        m_hat, v_hat = m / (1 - b1 ** t), v / (1 - b2 ** t)
-        rate = OPTIM.learning_rate * (t - 1) / OPTIM.warmup_steps  # linear warm-up from 0
-        np.testing.assert_allclose(metrics["learning_rate"], rate, rtol=F32_RTOL)
-        theta = theta - rate * (m_hat / (np.sqrt(v_hat) + eps) + OPTIM.weight_decay * theta)
-    got = np.append(state["params"]["w"], state["params"]["b"])
-    np.testing.assert_allclose(got, theta, rtol=F32_LOOSE, atol=F32_ATOL)
-
-
-def test_schedule_peaks_then_decays_to_zero():
-    optimizer = make_optimizer(OPTIM, 10)
-    zeros = {"w": jnp.zeros(1)}
-    state, rates, update = optimizer.init(zeros), [], jax.jit(optimizer.update)
-    for _ in range(11):  # the rate update t used is stored by update t
-        _, state = update(zeros, state, zeros)
-        rates.append(float(state.hyperparams["learning_rate"]))
-    np.testing.assert_allclose(rates[:5], [0.0, 0.025, 0.05, 0.075, 0.1], rtol=F32_RTOL)
-    assert rates[-1] == pytest.approx(0.0, abs=F32_ATOL) and max(rates) == pytest.approx(0.1)
-
-
 def test_mlp_shapes_and_parameter_count():
     model = MLP(hidden=(5, 4), num_classes=3)
     params = fast_init(lambda key: model.init(key, jnp.zeros((1, 6))), jax.random.key(0))
     assert jax.jit(model.apply)(params, jnp.zeros((7, 6))).shape == (7, 3)
     assert count_params(params) == 6 * 5 + 5 + 5 * 4 + 4 + 4 * 3 + 3
-
-
-def test_accuracy_matches_numpy(rng):
-    logits = rng.normal(size=(40, 5)).astype(np.float32)
-    labels = rng.integers(0, 5, 40)
-    assert float(accuracy(logits, labels)) == pytest.approx(
-        np.mean(np.argmax(logits, 1) == labels))
-    assert float(jax.jit(accuracy)(logits, labels)) == float(accuracy(logits, labels))
-
-
-def test_plot_curves_draws_losses_and_accuracies():
-    history = [{"step": s, "loss": 1.0 / s, "acc": 0.5 + s / 10} for s in (1, 2, 3)]
-    fig = plot_curves(history, {"train": "loss"}, {"test": "acc"}, target=0.7)
-    assert isinstance(fig, Figure) and len(fig.axes) == 2
-    assert len(fig.axes[1].lines) == 2  # the curve and the target line
 
 
 @pytest.mark.parametrize("smoothing, classes", [(0.1, 10), (0.1, 2), (0.0, 5), (1.0, 3)])

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from configs.transformer import get_config
-from experiments.mlp import count_params, fast_init
+from experiments._train import count_params, fast_init
 from experiments.transformer import Sorter, logits_and_attention, sequence_metrics, sorting_data
 from jaxmath.cli import run_experiment
 from tests.tolerances import F32_LOOSE, F32_RTOL

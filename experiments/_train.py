@@ -1,0 +1,205 @@
+"""The training machinery the experiments share: optimisers, states, steps, timing and plots.
+
+Two families of training, each used by more than one experiment:
+
+* classifiers (:mod:`experiments.mlp`, :mod:`experiments.cnn`,
+  :mod:`experiments.transformer`): AdamW with warm-up and cosine decay over the run
+  (:func:`make_adamw`), the state ``{"params", "opt_state"}`` (:func:`init_state`) and one
+  update on a loss's gradient (:func:`make_step`), scored by :func:`accuracy` and plotted
+  by :func:`plot_curves`;
+* denoising diffusion (:mod:`experiments.ddpm_2d`, :mod:`experiments.ddpm_digits`): Adam
+  with gradient clipping and a schedule of its own length (:func:`make_clipped_adam`), a
+  state that carries a moving average of the parameters (:func:`init_ema_state`), one
+  update on a minibatch drawn from the step (:func:`make_diffusion_step`), samplers timed
+  by :func:`compile_timed` and losses plotted by :func:`plot_losses`.
+
+Every step is a pure function of the state and the step's inputs, run by
+:func:`jaxmath.train.train_loop`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from matplotlib.figure import Figure
+
+if TYPE_CHECKING:
+    from jaxmath.diffusion.model import DiffusionModel
+
+PyTree = Any
+
+
+# ----------------------------------------------------------------- initialisation
+
+
+def fast_init(init_fn: Callable[[jax.Array], PyTree], key: jax.Array) -> PyTree:
+    """``init_fn(key)`` (e.g. a Flax ``model.init``) in one jitted call, fast to compile.
+
+    It is traced with the non-partitionable threefry: on CPU, XLA compiles the
+    partitionable threefry (JAX's default) of every 3-D or 4-D parameter's initialiser in
+    seconds, which dominated the start-up of the convolutional and attention models. The
+    values differ from the default's, the distribution is the same.
+    """
+    # (a JAX without the switch just compiles the default, more slowly)
+    switch = getattr(jax, "threefry_partitionable", None)
+    with switch(False) if switch is not None else contextlib.nullcontext():
+        return jax.jit(init_fn)(key)
+
+
+def count_params(params: PyTree) -> int:
+    """The number of scalars in the pytree ``params``."""
+    return int(sum(np.size(leaf) for leaf in jax.tree.leaves(params)))
+
+
+# ----------------------------------------------------------------- classifiers
+
+
+def make_adamw(optim, num_steps: int) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and cosine decay; the rate is a hyperparameter in the state."""
+    schedule = optax.warmup_cosine_decay_schedule(
+        0.0, optim.learning_rate, min(optim.warmup_steps, max(num_steps - 1, 1)), num_steps)
+    return optax.inject_hyperparams(optax.adamw)(learning_rate=schedule,
+                                                 weight_decay=optim.weight_decay)
+
+
+def init_state(init_params: Callable[[jax.Array], PyTree], key: jax.Array,
+               optimizer: optax.GradientTransformation) -> dict:
+    """The training state ``{"params", "opt_state"}``, a plain pytree (what is checkpointed).
+
+    ``init_params(key)`` initialises the parameters (see :func:`fast_init`).
+    """
+    def init(key):
+        params = init_params(key)
+        return {"params": params, "opt_state": optimizer.init(params)}
+
+    return fast_init(init, key)
+
+
+def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
+    """``step(state, batch) -> (state, metrics)``: one optimiser update on ``loss_fn``'s gradient.
+
+    ``loss_fn(params, batch) -> (loss, aux metrics)``; the metrics are ``aux`` plus
+    ``loss`` and the ``learning_rate`` the update used.
+    """
+    def step(state: dict, batch: Any) -> tuple[dict, dict]:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"], batch)
+        updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        # inject_hyperparams stores the rate this update used in the new state
+        return ({"params": params, "opt_state": opt_state},
+                {"loss": loss, "learning_rate": opt_state.hyperparams["learning_rate"], **aux})
+    return step
+
+
+def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
+    """Fraction of examples whose largest logit is the label."""
+    return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def plot_curves(history: Sequence[Mapping[str, float]], losses: Mapping[str, str],
+                accuracies: Mapping[str, str], target: float | None = None,
+                accuracy_label: str = "test accuracy",
+                loss_label: str = "loss on the minibatch") -> Figure:
+    """Losses (log scale) and accuracies against the step; ``{label: metrics key}`` each."""
+    fig = Figure(figsize=(10, 3.8), layout="constrained")
+    ax_loss, ax_acc = fig.subplots(1, 2)
+    steps = [row["step"] for row in history]
+    for label, key in losses.items():
+        ax_loss.plot(steps, [row[key] for row in history], label=label)
+    ax_loss.set(yscale="log", xlabel="step", ylabel=loss_label, title="training loss")
+    for label, key in accuracies.items():
+        ax_acc.plot(steps, [row[key] for row in history], marker=".", label=label)
+    if target is not None:
+        ax_acc.axhline(target, color="grey", linestyle="--", label=f"target {target:g}")
+    ax_acc.set(xlabel="step", ylabel=accuracy_label, title=accuracy_label)
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    return fig
+
+
+# ----------------------------------------------------------------- diffusion
+
+
+def make_clipped_adam(optim: Mapping[str, Any]) -> optax.GradientTransformation:
+    """Adam with gradient clipping and a warm-up + cosine learning-rate schedule.
+
+    The rate rises linearly from 0 over ``warmup_steps``, then decays along a cosine to
+    ``end_factor * learning_rate`` at ``decay_steps`` and stays there. The schedule's
+    length is its own config field, not ``num_steps``: a run extended past it (or
+    stopped early and resumed) follows the same schedule as an uninterrupted one.
+    """
+    decay_steps = int(optim["decay_steps"])
+    warmup = min(int(optim["warmup_steps"]), max(decay_steps - 1, 0))
+    lr = optax.warmup_cosine_decay_schedule(
+        0.0, optim["learning_rate"], warmup, max(decay_steps, warmup + 1),
+        end_value=optim["learning_rate"] * optim["end_factor"])
+    return optax.chain(optax.clip_by_global_norm(optim["grad_clip"]), optax.adam(lr))
+
+
+def init_ema_state(params: PyTree, tx: optax.GradientTransformation) -> dict[str, PyTree]:
+    """The training state: parameters, optimiser state and their exponential moving average."""
+    return {"params": params, "opt_state": tx.init(params), "ema": params}
+
+
+def make_diffusion_step(model: DiffusionModel, tx: optax.GradientTransformation,
+                        batch_size: int, ema_decay: float) -> Callable:
+    r"""``step(state, s, data, key) -> (state, loss)``: one Adam update on a minibatch.
+
+    The minibatch (``batch_size`` rows of ``data`` drawn with replacement) and the loss's
+    timesteps and noise come from ``fold_in(key, s)``: a function of the step alone. The
+    moving average :math:`\bar\theta \leftarrow \beta \bar\theta + (1 - \beta)\theta`
+    (:math:`\beta` = ``ema_decay``) is what is sampled from.
+    """
+    def step(state: PyTree, s: jax.Array, data: jax.Array, key: jax.Array):
+        k_batch, k_loss = jax.random.split(jax.random.fold_in(key, s))
+        x0 = data[jax.random.randint(k_batch, (batch_size,), 0, data.shape[0])]
+        loss, grads = jax.value_and_grad(
+            lambda p: model.apply(p, x0, k_loss, method="loss"))(state["params"])
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        ema = optax.incremental_update(params, state["ema"], 1 - ema_decay)
+        return {"params": params, "opt_state": opt_state, "ema": ema}, loss
+    return step
+
+
+# ----------------------------------------------------------------- timing and plots
+
+
+def compile_timed(fn: Callable, *args: Any) -> tuple[Any, float, float]:
+    """Run ``jax.jit(fn)(*args)`` compiled ahead of time: ``(out, compile_s, run_s)``."""
+    t0 = time.perf_counter()
+    compiled = jax.jit(fn).lower(*args).compile()
+    t1 = time.perf_counter()
+    out = jax.block_until_ready(compiled(*args))
+    return out, t1 - t0, time.perf_counter() - t1
+
+
+def smooth(values: Sequence[float], window: int) -> np.ndarray:
+    """Trailing moving average over up to ``window`` values (shorter at the start)."""
+    c = np.cumsum(np.concatenate([[0.0], np.asarray(values, np.float64)]))
+    i = np.arange(1, len(values) + 1)
+    return (c[i] - c[np.maximum(i - window, 0)]) / np.minimum(i, window)
+
+
+def plot_losses(curves: Mapping[str, Sequence[float]], steps: Sequence[int], ylabel: str,
+                title: str, window: int = 10) -> Figure:
+    """Minibatch losses (faint) and their moving average over ``window`` log rows."""
+    fig = Figure(figsize=(7, 4), layout="constrained")
+    ax = fig.add_subplot()
+    for i, (name, values) in enumerate(curves.items()):
+        ax.plot(steps, values, color=f"C{i}", alpha=0.25, lw=0.8)
+        ax.plot(steps, smooth(values, window), color=f"C{i}", label=name)
+    ax.set_xlabel("step")
+    ax.set_ylabel(ylabel)
+    ax.set_yscale("log")
+    ax.set_title(title)
+    ax.legend()
+    return fig
