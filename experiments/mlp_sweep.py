@@ -1,0 +1,250 @@
+r"""The digits MLP trained for every learning rate x seed of a grid, as one compiled program.
+
+Data. scikit-learn's 1,797 8x8 handwritten digits (grey levels 0..16 scaled to [0, 1], 10
+classes), split 75/25 stratified by class (``experiments._data.load_sklearn``, split seed
+``data.split_seed``), as in :mod:`experiments.mlp`.
+
+Model and training. The :class:`experiments.mlp.MLP` of hidden widths ``model.hidden``
+(relu layers, then linear logits :math:`z`), trained on the mean label-smoothed softmax
+cross-entropy (:func:`jaxmath.softmax_cross_entropy`, smoothing :math:`\varepsilon` =
+``label_smoothing``) over minibatches of ``batch_size`` examples drawn uniformly with
+replacement (:func:`experiments.mlp.sample_batch`, the batch of step :math:`t` from
+``fold_in(key, t)``). The update is AdamW (``optax.adamw``, decoupled weight decay
+``optim.weight_decay``) at the rate
+
+.. math:: \eta_t = \eta \, u(t), \qquad
+          u(t) = \begin{cases} t / t_w & t < t_w \\
+          \tfrac12 \bigl(1 + \cos \frac{\pi (t - t_w)}{T - t_w}\bigr) & t \ge t_w \end{cases}
+
+(linear warm-up over :math:`t_w` = ``optim.warmup_steps``, cosine decay to 0 at
+:math:`T` = ``num_steps``), injected with ``optax.inject_hyperparams``. One training run
+is one ``lax.scan`` of :math:`T` steps (:func:`experiments._train.make_step`).
+
+Sweep. A configuration is a peak rate :math:`\eta` and a seed (the initialisation and
+the minibatches), both read from ``config.sweep`` (:func:`jaxmath.sweep.from_config`: a
+grid of log-spaced rates x seeds). Both are traced values, so every configuration's
+full training run is ONE jit-compiled ``jax.vmap`` program
+(:func:`jaxmath.sweep.run_sweep`), traced and compiled once whatever the number of rates;
+its table, with each run's final loss on the whole training set, its train and test
+accuracies and its loss curve (the minibatch loss every ``log_every`` steps), is written
+to ``sweep.jsonl`` (:func:`jaxmath.sweep.write_table`). A run whose final training loss
+is not finite is counted as diverged (recorded, not an error).
+
+Target. The best learning rate, the one of highest mean test accuracy over the seeds,
+reaches a mean digits test accuracy >= ``target_accuracy`` (0.97, as
+:mod:`experiments.mlp`).
+
+Plots. ``accuracy_vs_lr.png``: test accuracy against the learning rate, one line per
+seed and their mean, the best rate marked, and the final training loss against the
+rate; ``loss_curves.png``: minibatch loss curves (mean over the seeds) for
+``num_curves`` rates spread over the grid.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import matplotlib
+import numpy as np
+import optax
+from matplotlib.figure import Figure
+
+from experiments._data import DIGITS_MAX, Split, load_sklearn
+from experiments._train import accuracy, count_params, init_state, make_step
+from experiments.mlp import MLP, sample_batch, smoothed_loss_floor
+from jaxmath.losses import softmax_cross_entropy
+from jaxmath.sweep import from_config, run_sweep, write_table
+from jaxmath.train.report import save_figure
+
+
+def load_digits(data_config) -> Split:
+    """The digits split of ``data_config``, grey levels scaled to [0, 1], as jax arrays."""
+    d = load_sklearn("digits", data_config.test_fraction, data_config.split_seed,
+                     standardize=False)
+    return Split(jnp.asarray(d.x_train / DIGITS_MAX), jnp.asarray(d.y_train),
+                 jnp.asarray(d.x_test / DIGITS_MAX), jnp.asarray(d.y_test), d.num_classes)
+
+
+def make_train(data: Split, hidden: Sequence[int], *, num_steps: int, batch_size: int,
+               log_every: int, warmup_steps: int, weight_decay: float,
+               label_smoothing: float):
+    """``train(hp) -> results``: one full training run for ``hp = {"learning_rate", "seed"}``.
+
+    Both hyperparameters may be traced (``jax.vmap``, :func:`jaxmath.sweep.run_sweep`).
+    The results are ``final_train_loss`` (the objective on the whole training set),
+    ``train_accuracy``, ``test_accuracy`` and ``loss_curve``, the minibatch losses of
+    steps ``log_every, 2 log_every, ...`` (``[num_steps // log_every]``).
+    """
+    model = MLP(tuple(hidden), data.num_classes)
+    unit = optax.warmup_cosine_decay_schedule(
+        0.0, 1.0, min(warmup_steps, max(num_steps - 1, 1)), num_steps)
+
+    def loss_fn(params, batch):
+        x, y = batch
+        logits = model.apply(params, x)
+        return jnp.mean(softmax_cross_entropy(logits, y, label_smoothing=label_smoothing)), {}
+
+    def train(hp):
+        key_init, key_batch = jax.random.split(jax.random.key(hp["seed"]))
+        peak = hp["learning_rate"]
+        optimizer = optax.inject_hyperparams(optax.adamw)(
+            learning_rate=lambda t: peak * unit(t), weight_decay=weight_decay)
+        state = init_state(lambda k: model.init(k, data.x_train[:1]), key_init, optimizer)
+        step = make_step(loss_fn, optimizer)
+
+        def body(state, t):
+            state, metrics = step(state, sample_batch(key_batch, t, data.x_train,
+                                                      data.y_train, batch_size))
+            return state, metrics["loss"]
+
+        state, losses = jax.lax.scan(body, state, jnp.arange(num_steps))
+        params = state["params"]
+        return {
+            "final_train_loss": loss_fn(params, (data.x_train, data.y_train))[0],
+            "train_accuracy": accuracy(model.apply(params, data.x_train), data.y_train),
+            "test_accuracy": accuracy(model.apply(params, data.x_test), data.y_test),
+            "loss_curve": losses[log_every - 1::log_every],
+        }
+
+    return train
+
+
+def train_from_config(config, data: Split):
+    """:func:`make_train` with the settings of ``config``."""
+    return make_train(data, config.model.hidden, num_steps=config.num_steps,
+                      batch_size=config.batch_size, log_every=config.log_every,
+                      warmup_steps=config.optim.warmup_steps,
+                      weight_decay=config.optim.weight_decay,
+                      label_smoothing=config.label_smoothing)
+
+
+def by_rate(lr: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(rates [R], values [R, seeds, ...])``: the runs grouped by learning rate, ascending.
+
+    Every rate must have been run with the same number of seeds (a grid).
+    """
+    rates, inverse = np.unique(lr, return_inverse=True)
+    order = np.argsort(inverse, kind="stable")
+    values = np.asarray(values)[order]
+    return rates, values.reshape(len(rates), -1, *values.shape[1:])
+
+
+def _plot_accuracy(lr, seed, test_acc, excess_loss, best_lr, target) -> Figure:
+    fig = Figure(figsize=(12, 4.5), layout="constrained")
+    ax_acc, ax_loss = fig.subplots(1, 2)
+    for c, s in enumerate(np.unique(seed)):
+        m = seed == s
+        order = np.argsort(lr[m])
+        ax_acc.plot(lr[m][order], test_acc[m][order], ".-", ms=3, lw=0.8, color=f"C{c % 10}",
+                    alpha=0.7, label=f"seed {s}")
+        loss = np.asarray(excess_loss[m][order], np.float64)
+        ax_loss.plot(lr[m][order], np.where(np.isfinite(loss), loss, np.nan), ".-", ms=3,
+                     lw=0.8, color=f"C{c % 10}", label=f"seed {s}")
+    rates, acc = by_rate(lr, test_acc)
+    mean = acc.mean(1)
+    ax_acc.plot(rates, mean, color="black", lw=2, label="mean over seeds")
+    ax_acc.plot([best_lr], [mean.max()], "*", ms=14, color="red",
+                label=f"best: η = {best_lr:.3g}, {mean.max():.2%}")
+    ax_acc.axhline(target, color="grey", ls="--", label=f"target {target:g}")
+    for ax in (ax_acc, ax_loss):
+        ax.axvline(best_lr, color="red", lw=0.8, ls=":")
+        ax.set_xscale("log")
+        ax.grid(alpha=0.3)
+    ax_acc.set(xlabel="peak learning rate η", ylabel="digits test accuracy",
+               ylim=(max(0.0, min(target, float(np.nanmin(mean))) - 0.05), 1.0),
+               title="test accuracy against the learning rate")
+    ax_loss.set(yscale="log", xlabel="peak learning rate η",
+                ylabel="final training loss - its minimum H(t)",
+                title="final loss on the whole training set")
+    ax_acc.legend(fontsize=8, loc="lower center")
+    ax_loss.legend(fontsize=8)
+    return fig
+
+
+def _plot_curves(lr, excess_curves, log_every, num_curves, best_lr) -> Figure:
+    rates, per_rate = by_rate(lr, excess_curves)
+    mean = np.asarray(per_rate, np.float64).mean(1)  # [R, num_logs]
+    picks = np.unique(np.linspace(0, len(rates) - 1, num_curves).round().astype(int))
+    picks = np.union1d(picks, np.flatnonzero(rates == best_lr))
+    cmap = matplotlib.colormaps["viridis"]
+    logs = np.log10(rates)
+    span = max(logs.max() - logs.min(), 1e-12)
+    steps = log_every * np.arange(1, mean.shape[1] + 1)
+    fig = Figure(figsize=(7, 4.5), layout="constrained")
+    ax = fig.subplots()
+    for i in picks:
+        best = rates[i] == best_lr
+        ax.plot(steps, mean[i], color="red" if best else cmap((logs[i] - logs.min()) / span),
+                lw=2 if best else 1.2, label=f"η = {rates[i]:.3g}" + (" (best)" if best else ""))
+    ax.set(yscale="log", xlabel="step", ylabel="minibatch loss - H(t), mean over seeds",
+           title="loss curves for a few learning rates")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return fig
+
+
+def run(config, workdir) -> dict:
+    workdir = Path(workdir)
+    data = load_digits(config.data)
+    hparams = from_config(config.sweep)
+    lr = np.asarray(hparams["learning_rate"], np.float64)
+    seed = np.asarray(hparams["seed"]).astype(int)
+    train = train_from_config(config, data)
+    traces = []
+
+    def counted(hp):  # a Python side effect: runs once per trace, not per configuration
+        traces.append(1)
+        return train(hp)
+
+    start = time.perf_counter()
+    out = run_sweep(counted, hparams, chunk_size=config.sweep.chunk_size)
+    sweep_s = time.perf_counter() - start
+
+    final_loss = np.asarray(out["final_train_loss"], np.float64)
+    test_acc = np.asarray(out["test_accuracy"], np.float64)
+    diverged = ~np.isfinite(final_loss)
+    write_table(workdir, hparams, {**out, "diverged": diverged})
+
+    rates, acc = by_rate(lr, test_acc)  # acc: [rates, seeds]
+    mean = acc.mean(1)
+    best = int(np.argmax(mean))
+    best_lr = float(rates[best])
+    # the smoothed loss cannot go below H(t): plot what is left above it
+    floor = smoothed_loss_floor(config.label_smoothing, data.num_classes)
+    save_figure(_plot_accuracy(lr, seed, test_acc, final_loss - floor, best_lr,
+                               config.target_accuracy), workdir, "accuracy_vs_lr")
+    save_figure(_plot_curves(lr, np.asarray(out["loss_curve"], np.float64) - floor,
+                             config.log_every, config.num_curves, best_lr),
+                workdir, "loss_curves")
+
+    model = MLP(tuple(config.model.hidden), data.num_classes)
+    num_params = count_params(jax.eval_shape(model.init, jax.random.key(0), data.x_train[:1]))
+    best_mean = float(mean[best])
+    return {
+        "best_mean_test_accuracy": best_mean,
+        "target": float(config.target_accuracy),
+        "target_met": bool(best_mean >= config.target_accuracy),
+        "target_metric": "best mean (over seeds) digits test accuracy",
+        "best_learning_rate": best_lr,
+        "best_test_accuracy_min": float(acc[best].min()),
+        "best_test_accuracy_max": float(acc[best].max()),
+        "best_mean_train_accuracy": float(
+            by_rate(lr, out["train_accuracy"])[1][best].mean()),
+        "num_configs": len(lr),
+        "num_learning_rates": len(rates),
+        "num_seeds": acc.shape[1],
+        "num_steps": int(config.num_steps),
+        "num_diverged": int(diverged.sum()),
+        "num_traces": len(traces),  # of the train function, for the whole sweep
+        "sweep_s": sweep_s,  # compilation included
+        "configs_per_s": len(lr) / sweep_s,
+        "steps_per_s": len(lr) * int(config.num_steps) / sweep_s,
+        "learning_rate_min": float(lr.min()),
+        "learning_rate_max": float(lr.max()),
+        "digits_num_test": len(data.y_test),
+        "num_params": num_params,  # of one network
+    }
