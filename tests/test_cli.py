@@ -13,7 +13,6 @@ import pytest
 from jaxmath import cli
 from jaxmath.cli import RUN_FILES, list_configs, main, run_experiment
 from jaxmath.config import ConfigError
-from tests.tolerances import F32_LOOSE
 
 FIXTURES = Path(__file__).parent / "fixtures"
 ECHO = str(FIXTURES / "configs" / "echo.py")
@@ -222,27 +221,16 @@ def test_console_script_unknown_key_exits_2(tmp_path):
     assert not (tmp_path / "w").exists()
 
 
-def test_cpu_devices_shard_a_sweep_with_the_same_results(tmp_path):
-    """--cpu-devices 2 runs the linear-regression sweep sharded; its table equals 1 device's."""
-    config = str(Path(__file__).resolve().parents[1] / "configs" / "linear_regression.py")
-    tables = {}
-    for n in (1, 2):
-        workdir = tmp_path / f"d{n}"
-        proc = subprocess.run(
-            [sys.executable, "-m", "jaxmath", "run", f"{config}:quick", "--workdir", str(workdir),
-             "--cpu-devices", str(n)], env=_env(), capture_output=True, text=True, timeout=300)
-        assert proc.returncode == 0, proc.stderr
-        assert json.loads((workdir / "summary.json").read_text())["devices"] == f"{n} x cpu"
-        rows = (workdir / "sweep.jsonl").read_text().splitlines()
-        tables[n] = [json.loads(line) for line in rows]
-    assert len(tables[2]) == len(tables[1]) > 1
-    for one, two in zip(tables[1], tables[2], strict=True):
-        assert one.keys() == two.keys()
-        for key, value in one.items():
-            if isinstance(value, float):
-                assert two[key] == pytest.approx(value, rel=F32_LOOSE, abs=F32_LOOSE, nan_ok=True)
-            else:
-                assert two[key] == value, key
+def test_cpu_devices_sets_the_device_count(tmp_path):
+    """--cpu-devices 2: the run sees 2 CPU devices (that a sharded sweep then equals a
+    one-device run is tests/test_sweep_devices.py's)."""
+    workdir = tmp_path / "w"
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxmath", "run", "configs/echo.py:quick", "--workdir",
+         str(workdir), "--cpu-devices", "2"],
+        cwd=FIXTURES, env=_env(), capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads((workdir / "summary.json").read_text())["devices"] == "2 x cpu"
 
 
 @pytest.mark.parametrize("count", [0, -1, True, "2"])
