@@ -2,17 +2,17 @@
 PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
-PIP    := $(PY) -m pip --disable-pip-version-check -q --no-compile  # .pyc written on first import
+PIP    := $(PY) -m pip --disable-pip-version-check -q
 
 .PHONY: run tour test test-slow bench lint clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install -e '.[experiments]'
+	$(PIP) install --no-compile -e '.[experiments]'  # .pyc written on first import
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime pyproject.toml
-	$(PIP) install -e '.[dev]'
+	$(PIP) install --no-compile -e '.[dev]'
 	touch $@
 
 run: $(VENV)/.runtime  ## the main job: 1,024 gradient-descent runs as one compiled sweep
