@@ -8,11 +8,11 @@ PIP    := $(PY) -m pip --disable-pip-version-check -q
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(PIP) install --no-compile -e '.[experiments]'  # .pyc written on first import
+	$(PIP) install -e '.[experiments]'
 	touch $@
 
 $(VENV)/.dev: $(VENV)/.runtime pyproject.toml
-	$(PIP) install --no-compile -e '.[dev]'
+	$(PIP) install -e '.[dev]'
 	touch $@
 
 run: $(VENV)/.runtime  ## the main job: 1,024 gradient-descent runs as one compiled sweep
