@@ -15,6 +15,9 @@ empirical distributions, both pure functions of the two point sets:
 Both are estimates with sampling noise of their own: two independent draws of the same
 distribution are at a distance > 0 that shrinks like :math:`1/\sqrt{n}`. A target for a
 model is therefore set relative to that reference level, measured at the same sample sizes.
+
+Every product here runs at full float32 precision on every backend (jaxmath's
+classical-math policy, :mod:`jaxmath._precision`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmath import _checks
+from jaxmath._precision import CLASSICAL
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -82,7 +86,7 @@ def _wasserstein_pp(u_sorted: jax.Array, v_sorted: jax.Array, p: float) -> jax.A
     i, j, w = _quantile_coupling(u_sorted.shape[-1], v_sorted.shape[-1])
     d = jnp.abs(u_sorted[..., i] - v_sorted[..., j])
     cost = d if p == 1 else d**p
-    return cost @ jnp.asarray(w, cost.dtype)
+    return jnp.matmul(cost, jnp.asarray(w, cost.dtype), precision=CLASSICAL)
 
 
 def _root(x: jax.Array, p: float) -> jax.Array:
@@ -215,8 +219,8 @@ def sliced_wasserstein(x: ArrayLike, y: ArrayLike, key: jax.Array | None = None,
 @functools.partial(jax.jit, static_argnums=3)
 def _sliced_wasserstein(x: jax.Array, y: jax.Array, theta: jax.Array, p: float) -> jax.Array:
     theta = theta / jnp.linalg.norm(theta, axis=1, keepdims=True)
-    x_proj = jnp.sort(theta @ x.T, axis=1)  # [L, n]
-    y_proj = jnp.sort(theta @ y.T, axis=1)  # [L, m]
+    x_proj = jnp.sort(jnp.matmul(theta, x.T, precision=CLASSICAL), axis=1)  # [L, n]
+    y_proj = jnp.sort(jnp.matmul(theta, y.T, precision=CLASSICAL), axis=1)  # [L, m]
     return _root(jnp.mean(_wasserstein_pp(x_proj, y_proj, p)), p)
 
 
@@ -240,7 +244,7 @@ def _sq_dists(x: jax.Array, y: jax.Array) -> jax.Array:
     """``[n, m]`` squared distances by :math:`\\|x\\|^2 + \\|y\\|^2 - 2 x^\\top y`, >= 0."""
     xx = jnp.sum(x * x, axis=1)[:, None]
     yy = jnp.sum(y * y, axis=1)[None, :]
-    return jnp.maximum(xx + yy - 2 * x @ y.T, 0)
+    return jnp.maximum(xx + yy - 2 * jnp.matmul(x, y.T, precision=CLASSICAL), 0)
 
 
 @jax.jit

@@ -10,6 +10,13 @@ for one dense sigmoid layer; everywhere else the general path is ``jax.grad``.
 Conventions: ``loss_fn(params, *args)`` returns a scalar; ``params`` is any
 pytree of floating arrays; ``num_steps`` is a static Python int; learning rates
 are traced values, so changing them never recompiles.
+
+Precision: the drivers trace ``loss_fn`` under
+``jax.default_matmul_precision(precision)``, ``"highest"`` by default, so the
+products in the loss are float32 on every backend, as in the rest of jaxmath's
+classical math (:mod:`jaxmath._precision`), and a run on a GPU or TPU follows the
+same path as on a CPU instead of drifting with TF32 / bfloat16 rounding over the
+steps. Pass ``precision=None`` for JAX's default (faster on accelerators).
 """
 
 from __future__ import annotations
@@ -30,6 +37,7 @@ from jaxmath._checks import (
     check_ndim,
     check_nonempty,
 )
+from jaxmath._precision import CLASSICAL, context_name, matmul_context
 
 ArrayLike = jax.typing.ArrayLike
 PyTree = Any
@@ -93,13 +101,13 @@ def _check_scalar_loss(loss_fn: LossFn, params: PyTree, args: tuple) -> None:
 
 
 def _prepare(loss_fn: LossFn, params: PyTree, num_steps: object, args: tuple,
-             unroll: object) -> tuple[PyTree, int, int]:
+             unroll: object, precision: object) -> tuple[PyTree, int, int, str | None]:
     _check_loss_fn(loss_fn)
     num_steps = _check_positive_int(num_steps, "num_steps")
     unroll = _check_positive_int(unroll, "unroll")
     params = _as_params(params)
     _check_scalar_loss(loss_fn, params, args)
-    return params, num_steps, unroll
+    return params, num_steps, unroll, context_name(precision)
 
 
 def _descend(params: PyTree, grads: PyTree, learning_rate: jax.Array) -> PyTree:
@@ -111,8 +119,8 @@ def _descend(params: PyTree, grads: PyTree, learning_rate: jax.Array) -> PyTree:
 
 
 def gradient_descent(loss_fn: LossFn, params: PyTree, learning_rate: ArrayLike,
-                     num_steps: int, *args: Any, unroll: int = 1
-                     ) -> tuple[PyTree, jax.Array]:
+                     num_steps: int, *args: Any, unroll: int = 1,
+                     precision: str | None = CLASSICAL) -> tuple[PyTree, jax.Array]:
     r"""Plain (full-batch) gradient descent, compiled as one ``lax.scan``.
 
     .. math:: \theta_{t+1} = \theta_t - \eta \, \nabla_\theta L(\theta_t), \qquad t = 0, \dots, T-1
@@ -130,6 +138,9 @@ def gradient_descent(loss_fn: LossFn, params: PyTree, learning_rate: ArrayLike,
       *args: extra arguments passed unchanged to ``loss_fn`` at every step
         (data, for instance); they are traced, so new data does not recompile.
       unroll: steps per iteration of the compiled loop (``lax.scan``'s ``unroll``).
+      precision: the matrix-product precision ``loss_fn`` is traced under
+        (``jax.default_matmul_precision``): ``"highest"`` (default, float32 on
+        every backend), ``None`` (JAX's default) or another name it accepts.
 
     Returns:
       ``(params, losses)``: :math:`\theta_T` with the structure and dtypes of
@@ -152,29 +163,32 @@ def gradient_descent(loss_fn: LossFn, params: PyTree, learning_rate: ArrayLike,
       >>> losses.shape
       (1000,)
     """
-    params, num_steps, unroll = _prepare(loss_fn, params, num_steps, args, unroll)
+    params, num_steps, unroll, precision = _prepare(loss_fn, params, num_steps, args, unroll,
+                                                    precision)
     lr = _strong(as_float(learning_rate, "learning_rate"))
     if lr.ndim != 0:
         raise ValueError(
             f"learning_rate must be a scalar, got shape {tuple(lr.shape)}; to sweep over "
             "learning rates use gradient_descent_sweep (or jax.vmap)")
-    return _gradient_descent(loss_fn, num_steps, unroll, params, lr, args)
+    return _gradient_descent(loss_fn, num_steps, unroll, precision, params, lr, args)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2))
-def _gradient_descent(loss_fn, num_steps, unroll, params, lr, args):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _gradient_descent(loss_fn, num_steps, unroll, precision, params, lr, args):
     value_and_grad = jax.value_and_grad(loss_fn)
 
     def step(theta, _):
         loss, grads = value_and_grad(theta, *args)
         return _descend(theta, grads, lr), loss
 
-    return lax.scan(step, params, length=num_steps, unroll=unroll)
+    with matmul_context(precision):
+        return lax.scan(step, params, length=num_steps, unroll=unroll)
 
 
 def gradient_descent_sweep(loss_fn: LossFn, params: PyTree, learning_rates: ArrayLike,
                            num_steps: int, *args: Any, chunk_size: int | None = None,
-                           unroll: int = 1) -> tuple[PyTree, jax.Array]:
+                           unroll: int = 1, precision: str | None = CLASSICAL
+                           ) -> tuple[PyTree, jax.Array]:
     r"""Gradient descent for many learning rates at once: one compiled program.
 
     .. math:: \theta^{(s)}_{t+1} = \theta^{(s)}_t - \eta_s \, \nabla_\theta L(\theta^{(s)}_t),
@@ -203,6 +217,7 @@ def gradient_descent_sweep(loss_fn: LossFn, params: PyTree, learning_rates: Arra
       chunk_size: members per vectorised chunk. ``None`` picks it: 256 on CPU,
         the whole sweep at once on other backends. The result does not depend on it.
       unroll: ``lax.scan``'s ``unroll`` for the step loop.
+      precision: as in :func:`gradient_descent` (default ``"highest"``).
 
     Returns:
       ``(params, losses)``: every leaf of ``params`` with a new leading axis of
@@ -224,7 +239,8 @@ def gradient_descent_sweep(loss_fn: LossFn, params: PyTree, learning_rates: Arra
       >>> bool(jnp.isfinite(losses[2, -1]))
       False
     """
-    params, num_steps, unroll = _prepare(loss_fn, params, num_steps, args, unroll)
+    params, num_steps, unroll, precision = _prepare(loss_fn, params, num_steps, args, unroll,
+                                                    precision)
     lrs = _strong(as_float(learning_rates, "learning_rates"))
     if lrs.ndim != 1:
         raise ValueError(
@@ -237,15 +253,16 @@ def gradient_descent_sweep(loss_fn: LossFn, params: PyTree, learning_rates: Arra
     chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), size)
     num_chunks = -(-size // chunk_size)
     chunk_size = -(-size // num_chunks)  # as even as possible: less padding
-    return _sweep(loss_fn, num_steps, unroll, num_chunks, chunk_size, params, lrs, args)
+    return _sweep(loss_fn, num_steps, unroll, num_chunks, chunk_size, precision, params, lrs,
+                  args)
 
 
 def _default_chunk_size(size: int) -> int:
     return _CPU_CHUNK_SIZE if jax.default_backend() == "cpu" else size
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
-def _sweep(loss_fn, num_steps, unroll, num_chunks, chunk_size, params, lrs, args):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4, 5))
+def _sweep(loss_fn, num_steps, unroll, num_chunks, chunk_size, precision, params, lrs, args):
     size = lrs.shape[0]
     padded = jnp.pad(lrs, (0, num_chunks * chunk_size - size))  # padding members: lr 0
     # vmap inside the step, around value_and_grad, with the sweep axis last (-1).
@@ -263,7 +280,8 @@ def _sweep(loss_fn, num_steps, unroll, num_chunks, chunk_size, params, lrs, args
         theta, losses = lax.scan(step, theta, length=num_steps, unroll=unroll)
         return jax.tree.map(lambda p: jnp.moveaxis(p, -1, 0), theta), losses.T
 
-    theta, losses = lax.map(run_chunk, padded.reshape(num_chunks, chunk_size))
+    with matmul_context(precision):
+        theta, losses = lax.map(run_chunk, padded.reshape(num_chunks, chunk_size))
 
     def unchunk(x):
         return x.reshape(num_chunks * chunk_size, *x.shape[2:])[:size]
@@ -275,7 +293,8 @@ def _sweep(loss_fn, num_steps, unroll, num_chunks, chunk_size, params, lrs, args
 
 
 def optimize(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransformation,
-             num_steps: int, *args: Any, unroll: int = 1) -> tuple[PyTree, jax.Array]:
+             num_steps: int, *args: Any, unroll: int = 1,
+             precision: str | None = CLASSICAL) -> tuple[PyTree, jax.Array]:
     r"""Full-batch training with an optax optimiser, compiled as one ``lax.scan``.
 
     .. math:: (u_t, s_{t+1}) = \mathrm{update}(\nabla_\theta L(\theta_t), s_t, \theta_t),
@@ -294,6 +313,8 @@ def optimize(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransform
       num_steps: :math:`T`, a positive Python int (static).
       *args: extra arguments passed unchanged to ``loss_fn`` (traced).
       unroll: ``lax.scan``'s ``unroll``.
+      precision: as in :func:`gradient_descent` (default ``"highest"``; pass
+        ``None`` to train a neural network at JAX's faster default).
 
     Returns:
       ``(params, losses)`` as in :func:`gradient_descent`: :math:`\theta_T` and
@@ -311,12 +332,13 @@ def optimize(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransform
         raise TypeError(
             "optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)), "
             f"got {type(optimizer).__name__}")
-    params, num_steps, unroll = _prepare(loss_fn, params, num_steps, args, unroll)
-    return _optimize(loss_fn, optimizer, num_steps, unroll, params, args)
+    params, num_steps, unroll, precision = _prepare(loss_fn, params, num_steps, args, unroll,
+                                                    precision)
+    return _optimize(loss_fn, optimizer, num_steps, unroll, precision, params, args)
 
 
-@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _optimize(loss_fn, optimizer, num_steps, unroll, params, args):
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3, 4))
+def _optimize(loss_fn, optimizer, num_steps, unroll, precision, params, args):
     value_and_grad = jax.value_and_grad(loss_fn)
 
     def step(carry, _):
@@ -325,12 +347,18 @@ def _optimize(loss_fn, optimizer, num_steps, unroll, params, args):
         updates, state = optimizer.update(grads, state, theta)
         return (optax.apply_updates(theta, updates), state), loss
 
-    (theta, _), losses = lax.scan(step, (params, optimizer.init(params)),
-                                  length=num_steps, unroll=unroll)
+    with matmul_context(precision):
+        (theta, _), losses = lax.scan(step, (params, optimizer.init(params)),
+                                      length=num_steps, unroll=unroll)
     return theta, losses
 
 
 # --------------------------------------------------------------------- backpropagation
+
+
+def _dense(X: jax.Array, W: jax.Array, b: jax.Array) -> jax.Array:
+    """Pre-activations :math:`z = XW + b`, the product in float32 on every backend."""
+    return jnp.matmul(X, W, precision=CLASSICAL) + b
 
 
 def _check_dense(W: ArrayLike, b: ArrayLike, X: ArrayLike, y: ArrayLike
@@ -381,7 +409,7 @@ def dense_sigmoid_mse(W: ArrayLike, b: ArrayLike, X: ArrayLike, y: ArrayLike) ->
       0.25
     """
     W, b, X, y = _check_dense(W, b, X, y)
-    return jnp.mean((jax.nn.sigmoid(X @ W + b) - y) ** 2)
+    return jnp.mean((jax.nn.sigmoid(_dense(X, W, b)) - y) ** 2)
 
 
 def dense_sigmoid_mse_grads(W: ArrayLike, b: ArrayLike, X: ArrayLike, y: ArrayLike
@@ -418,12 +446,12 @@ def dense_sigmoid_mse_grads(W: ArrayLike, b: ArrayLike, X: ArrayLike, y: ArrayLi
       (Array([-0.125, -0.125], dtype=float32), Array([0.], dtype=float32))
     """
     W, b, X, y = _check_dense(W, b, X, y)
-    z = X @ W + b                                  # [n, k] pre-activations z_j
+    z = _dense(X, W, b)                            # [n, k] pre-activations z_j
     a = jax.nn.sigmoid(z)                          # [n, k] activations a_j
     dL_da = 2.0 * (a - y) / y.size                 # dL/da_j of the mean squared error
     da_dz = a * (1.0 - a)                          # sigma'(z_j)
     dL_dz = dL_da * da_dz                          # the error signal delta_j
     dz_dw = X                                      # dz_j/dw_ij = x_i
-    dW = dz_dw.T @ dL_dz                           # sum over samples of x_i delta_j
+    dW = jnp.matmul(dz_dw.T, dL_dz, precision=CLASSICAL)  # sum over samples of x_i delta_j
     db = jnp.sum(dL_dz, axis=0)                    # dz_j/db_j = 1
     return dW, db

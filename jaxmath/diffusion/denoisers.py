@@ -26,6 +26,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxmath import _checks
 from jaxmath.nn.mha import MultiHeadAttention
@@ -140,13 +141,14 @@ class _TimeEmbedding(nn.Module):
     activation: Callable[[Array], Array]
     dtype: Dtype | None
     param_dtype: Dtype
+    precision: lax.PrecisionLike
 
     @nn.compact
     def __call__(self, t: Array) -> Array:
         e = timestep_embedding(t, self.frequency_dim, self.max_period,
                                flip_sin_to_cos=self.flip_sin_to_cos,
                                downscale_freq_shift=self.downscale_freq_shift)
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         e = self.activation(nn.Dense(self.features, name="dense_0", **dense)(e))
         return nn.Dense(self.features, name="dense_1", **dense)(e)
 
@@ -175,6 +177,9 @@ class MLPDenoiser(nn.Module):
       dtype: computation dtype (default: from inputs and parameters); e.g.
         ``jnp.bfloat16`` to run the matmuls in bfloat16 with float32 parameters.
       param_dtype: parameter dtype.
+      precision: of every dense layer, convolution and attention product: ``None``
+        (default) is JAX's default (TF32 for float32 on recent NVIDIA GPUs, one
+        bfloat16 pass on TPUs), ``"highest"`` float32 on every backend.
 
     Example:
       >>> model = MLPDenoiser(features=8, num_blocks=1)
@@ -192,6 +197,7 @@ class MLPDenoiser(nn.Module):
     activation: Callable[[Array], Array] = nn.silu
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    precision: lax.PrecisionLike = None
 
     @nn.compact
     def __call__(self, x: ArrayLike, t: ArrayLike) -> Array:
@@ -208,7 +214,7 @@ class MLPDenoiser(nn.Module):
         x, t = _inputs(x, t, 2, "[B, d]")
         width = _positive(self.features, "features")
         _positive(self.num_blocks, "num_blocks", minimum=0)
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         frequency_dim = width if self.frequency_dim is None else self.frequency_dim
         e = _TimeEmbedding(width, _positive(frequency_dim, "frequency_dim"),
                            self.max_period, self.flip_sin_to_cos, self.downscale_freq_shift,
@@ -225,10 +231,11 @@ class _MLPBlock(nn.Module):
     activation: Callable[[Array], Array]
     dtype: Dtype | None
     param_dtype: Dtype
+    precision: lax.PrecisionLike
 
     @nn.compact
     def __call__(self, h: Array, e: Array) -> Array:
-        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         y = (nn.Dense(self.features, name="dense_0", **dense)(h)
              + nn.Dense(self.features, name="time_proj", **dense)(e))
         return h + nn.Dense(self.features, name="dense_1", **dense)(self.activation(y))
@@ -241,17 +248,19 @@ class _ResBlock(nn.Module):
     num_groups: int
     dtype: Dtype | None
     param_dtype: Dtype
+    precision: lax.PrecisionLike
 
     @nn.compact
     def __call__(self, x: Array, e: Array) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        lin = dict(kw, precision=self.precision)
         h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_0", **kw)(x))
-        h = nn.Conv(self.features, (3, 3), padding=1, name="conv_0", **kw)(h)
-        h = h + nn.Dense(self.features, name="time_proj", **kw)(e)[:, None, None, :]
+        h = nn.Conv(self.features, (3, 3), padding=1, name="conv_0", **lin)(h)
+        h = h + nn.Dense(self.features, name="time_proj", **lin)(e)[:, None, None, :]
         h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_1", **kw)(h))
-        h = nn.Conv(self.features, (3, 3), padding=1, name="conv_1", **kw)(h)
+        h = nn.Conv(self.features, (3, 3), padding=1, name="conv_1", **lin)(h)
         if x.shape[-1] != self.features:
-            x = nn.Conv(self.features, (1, 1), name="skip", **kw)(x)
+            x = nn.Conv(self.features, (1, 1), name="skip", **lin)(x)
         return x + h
 
 
@@ -262,13 +271,15 @@ class _AttentionBlock(nn.Module):
     num_groups: int
     dtype: Dtype | None
     param_dtype: Dtype
+    precision: lax.PrecisionLike
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         b, height, width, c = x.shape
         h = nn.GroupNorm(self.num_groups, name="norm", **kw)(x).reshape(b, height * width, c)
-        h = MultiHeadAttention(self.num_heads, name="attention", **kw)(h)
+        h = MultiHeadAttention(self.num_heads, name="attention", precision=self.precision,
+                               **kw)(h)
         return x + h.reshape(x.shape)
 
 
@@ -310,6 +321,9 @@ class UNet(nn.Module):
       dtype: computation dtype (default: from inputs and parameters); the attention's
         softmax is float32 whatever it is.
       param_dtype: parameter dtype.
+      precision: of every dense layer, convolution and attention product: ``None``
+        (default) is JAX's default (TF32 for float32 on recent NVIDIA GPUs, one
+        bfloat16 pass on TPUs), ``"highest"`` float32 on every backend.
 
     Example:
       Shapes only, with ``jax.eval_shape`` (``unet.init(key, x, t)`` makes the
@@ -338,6 +352,7 @@ class UNet(nn.Module):
     downscale_freq_shift: float = 1.0
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    precision: lax.PrecisionLike = None
 
     def _check(self, x: Array) -> tuple[list[int], set[int]]:
         """Validate attributes against ``x``; return each level's width and attention levels."""
@@ -397,14 +412,15 @@ class UNet(nn.Module):
         x, t = _inputs(x, t, 4, "[B, H, W, C]: NHWC images")
         widths, attention = self._check(x)
         kw = dict(dtype=self.dtype, param_dtype=self.param_dtype)
-        res = dict(num_groups=self.num_groups, **kw)
-        attn = dict(num_heads=self.num_heads, num_groups=self.num_groups, **kw)
+        lin = dict(kw, precision=self.precision)
+        res = dict(num_groups=self.num_groups, **lin)
+        attn = dict(num_heads=self.num_heads, num_groups=self.num_groups, **lin)
         e = _TimeEmbedding(self.time_embed_dim or 4 * self.channels, self.channels,
                            self.max_period, self.flip_sin_to_cos, self.downscale_freq_shift,
-                           nn.silu, name="time_embed", **kw)(t)
+                           nn.silu, name="time_embed", **lin)(t)
         e = nn.silu(e)
 
-        h = nn.Conv(widths[0], (3, 3), padding=1, name="conv_in", **kw)(x)
+        h = nn.Conv(widths[0], (3, 3), padding=1, name="conv_in", **lin)(x)
         skips = [h]
         for level, w in enumerate(widths):
             for i in range(self.num_res_blocks):
@@ -414,7 +430,7 @@ class UNet(nn.Module):
                 skips.append(h)
             if level < len(widths) - 1:
                 h = nn.Conv(w, (3, 3), strides=2, padding=1, name=f"down_{level}_downsample",
-                            **kw)(h)
+                            **lin)(h)
                 skips.append(h)
 
         h = _ResBlock(widths[-1], name="mid_res_0", **res)(h, e)
@@ -431,8 +447,8 @@ class UNet(nn.Module):
             if level > 0:
                 h = jnp.repeat(jnp.repeat(h, 2, axis=1), 2, axis=2)
                 h = nn.Conv(widths[level], (3, 3), padding=1, name=f"up_{level}_upsample",
-                            **kw)(h)
+                            **lin)(h)
 
         h = nn.silu(nn.GroupNorm(self.num_groups, name="norm_out", **kw)(h))
         return nn.Conv(self.out_channels or x.shape[-1], (3, 3), padding=1, name="conv_out",
-                       **kw)(h)
+                       **lin)(h)

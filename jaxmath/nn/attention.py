@@ -26,12 +26,15 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmath import _checks
+from jaxmath._precision import check_precision
 from jaxmath.nn.blockwise_attention import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
 from jaxmath.nn.softmax import softmax
 
 ArrayLike = jax.typing.ArrayLike
 
 IMPLEMENTATIONS = ("xla", "blockwise", "cudnn")
+#: The backends whose default path :func:`attention_implementation` can describe.
+BACKENDS = ("cpu", "gpu", "tpu")
 #: The default path goes blockwise when the float32 scores ``[..., Lq, Lk]`` of one
 #: call (batch x heads x Lq x Lk x 4 bytes) would exceed this many bytes. XLA holds
 #: several arrays of that size in a forward and backward pass.
@@ -122,8 +125,9 @@ def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
 
 
 def _check_options(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation,
-                   block_size):
+                   block_size, precision):
     """Convert and type-check the arguments shared by both layouts."""
+    precision = check_precision(precision)
     if not isinstance(is_causal, bool | np.bool_):
         raise TypeError(f"is_causal must be a Python bool, got {type(is_causal).__name__}")
     if implementation is not None:
@@ -147,8 +151,8 @@ def _check_options(q, k, v, mask, bias, key_lengths, is_causal, scale, implement
         scale = _checks.as_float(scale, "scale")
         if scale.ndim != 0:
             raise ValueError(f"scale must be a scalar, got shape {tuple(scale.shape)}")
-    return q, k, v, mask, bias, key_lengths, bool(is_causal), scale, _blocks(block_size,
-                                                                             implementation)
+    return (q, k, v, mask, bias, key_lengths, bool(is_causal), scale,
+            _blocks(block_size, implementation), precision)
 
 
 def _blocks(block_size, implementation) -> tuple[int, int]:
@@ -169,13 +173,13 @@ def _blocks(block_size, implementation) -> tuple[int, int]:
 
 # --------------------------------------------------------------------------- choice of path
 
-def _cudnn_unsupported(call: _Call, is_causal: bool, scale, heads_layout: bool) -> str | None:
-    """Why the cuDNN kernel cannot take this call (None if it may).
+def _cudnn_unsupported(call: _Call, is_causal: bool, scale, heads_layout: bool,
+                       backend: str) -> str | None:
+    """Why the cuDNN kernel cannot take this call on ``backend`` (None if it may).
 
     These are the documented conditions; the kernel may still refuse a call at
     trace time (head size, cuDNN version), which the default path catches.
     """
-    backend = jax.default_backend()
     if backend != "gpu":
         return f"it needs an NVIDIA GPU with cuDNN, and JAX's default backend is {backend!r}"
     if call.q.dtype not in (jnp.float16, jnp.bfloat16):
@@ -197,7 +201,7 @@ def _cudnn_unsupported(call: _Call, is_causal: bool, scale, heads_layout: bool) 
 
 
 def _choose(call: _Call, is_causal: bool, scale, implementation: str | None,
-            heads_layout: bool) -> tuple[str, str | None]:
+            heads_layout: bool, backend: str) -> tuple[str, str | None]:
     """The path that runs a checked call, and the one to fall back on if cuDNN refuses.
 
     An explicit ``implementation`` is honoured (``'cudnn'`` raises ValueError with
@@ -207,7 +211,7 @@ def _choose(call: _Call, is_causal: bool, scale, implementation: str | None,
     if ``Lq`` and ``Lk`` reach :data:`CPU_BLOCKWISE_MIN_LENGTH`; ``'xla'`` otherwise.
     """
     if implementation == "cudnn":
-        reason = _cudnn_unsupported(call, is_causal, scale, heads_layout)
+        reason = _cudnn_unsupported(call, is_causal, scale, heads_layout, backend)
         if reason is not None:
             raise ValueError(f"implementation='cudnn' cannot run this call: {reason}; use "
                              f"implementation=None to fall back to another path")
@@ -218,9 +222,9 @@ def _choose(call: _Call, is_causal: bool, scale, implementation: str | None,
     lq, lk = call.scores_shape[-2:]
     fallback = "xla"
     if math.prod(call.scores_shape) * itemsize > XLA_MEMORY_BUDGET_BYTES or (
-            jax.default_backend() == "cpu" and min(lq, lk) >= CPU_BLOCKWISE_MIN_LENGTH):
+            backend == "cpu" and min(lq, lk) >= CPU_BLOCKWISE_MIN_LENGTH):
         fallback = "blockwise"
-    if _cudnn_unsupported(call, is_causal, scale, heads_layout) is None:
+    if _cudnn_unsupported(call, is_causal, scale, heads_layout, backend) is None:
         return "cudnn", fallback
     return fallback, None
 
@@ -247,21 +251,23 @@ def _keep_mask(mask: jax.Array | None, bias: jax.Array | None, key_lengths: jax.
     return keep
 
 
-def _attention_xla(call: _Call, is_causal: bool, scale) -> jax.Array:
+def _attention_xla(call: _Call, is_causal: bool, scale, precision) -> jax.Array:
     """Reference path: materialise the scores, softmax in float32, weight the values."""
     q, k, v, mask, bias, key_lengths, scores_shape = call
     compute_dtype = jnp.promote_types(q.dtype, jnp.float32)
-    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=compute_dtype)
+    logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=compute_dtype,
+                        precision=precision)
     logits = logits * jnp.asarray(scale, compute_dtype)
     if bias is not None:
         logits = logits + bias.astype(compute_dtype)
     keep = _keep_mask(mask, bias, key_lengths, is_causal, q.shape[-2], k.shape[-2])
     probs = softmax(jnp.broadcast_to(logits, scores_shape), axis=-1, where=keep)
-    out = jnp.matmul(probs.astype(v.dtype), v, preferred_element_type=compute_dtype)
+    out = jnp.matmul(probs.astype(v.dtype), v, preferred_element_type=compute_dtype,
+                     precision=precision)
     return jnp.broadcast_to(out, (*scores_shape[:-1], v.shape[-1])).astype(v.dtype)
 
 
-def _attention_blockwise(call: _Call, is_causal: bool, scale, blocks) -> jax.Array:
+def _attention_blockwise(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
     """Memory-efficient path: broadcast to the full leading axes, then the blockwise kernel."""
     q, k, v, mask, bias, key_lengths, scores_shape = call
     lead = scores_shape[:-2]
@@ -274,7 +280,7 @@ def _attention_blockwise(call: _Call, is_causal: bool, scale, blocks) -> jax.Arr
 
     return blockwise_attention(q, k, v, full_rank(bias), full_rank(mask), key_lengths,
                                scale=scale, is_causal=is_causal, block_q=blocks[0],
-                               block_k=blocks[1])
+                               block_k=blocks[1], precision=precision)
 
 
 def _attention_cudnn(q_btnh, k_bsnh, v_bsnh, call: _Call, is_causal: bool,
@@ -308,16 +314,17 @@ def _attention_cudnn(q_btnh, k_bsnh, v_bsnh, call: _Call, is_causal: bool,
     return jnp.where(seen, out, 0).astype(out.dtype)
 
 
-def _run_xla_or_blockwise(call: _Call, path: str, is_causal: bool, scale, blocks) -> jax.Array:
+def _run_xla_or_blockwise(call: _Call, path: str, is_causal: bool, scale, blocks,
+                          precision) -> jax.Array:
     if path == "blockwise":
-        return _attention_blockwise(call, is_causal, scale, blocks)
-    return _attention_xla(call, is_causal, scale)
+        return _attention_blockwise(call, is_causal, scale, blocks, precision)
+    return _attention_xla(call, is_causal, scale, precision)
 
 
 @functools.partial(jax.jit, static_argnames=("is_causal", "scale", "path", "fallback",
-                                             "blocks", "scores_shape", "heads"))
+                                             "blocks", "scores_shape", "heads", "precision"))
 def _attention(q, k, v, mask, bias, key_lengths, scale_array, *, is_causal, scale, path,
-               fallback, blocks, scores_shape, heads):
+               fallback, blocks, scores_shape, heads, precision):
     """Checked arrays of either layout through the chosen path, compiled as one program."""
     scale = scale_array if scale is None else scale
     call = _Call(q, k, v, mask, bias, key_lengths, scores_shape)
@@ -329,9 +336,10 @@ def _attention(q, k, v, mask, bias, key_lengths, scale_array, *, is_causal, scal
                 raise
             path = fallback
     if not heads:
-        return _run_xla_or_blockwise(call, path, is_causal, scale, blocks)
+        return _run_xla_or_blockwise(call, path, is_causal, scale, blocks, precision)
     grouped = _to_groups(call)
-    out = _run_xla_or_blockwise(grouped, path, is_causal, scale, blocks)  # [..., Hkv, G, L, dv]
+    out = _run_xla_or_blockwise(grouped, path, is_causal, scale, blocks,
+                                precision)  # [..., Hkv, G, L, dv]
     out = out.reshape(*out.shape[:-4], -1, *out.shape[-2:])
     return jnp.swapaxes(out, -2, -3)
 
@@ -396,24 +404,28 @@ def _to_groups(call: _Call) -> _Call:
 
 
 def _prepare(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
-             heads):
+             precision, heads, backend=None):
     """Check a call of either layout; return its arrays, options and (path, fallback)."""
-    q, k, v, mask, bias, key_lengths, is_causal, scale, blocks = _check_options(
-        q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size)
+    q, k, v, mask, bias, key_lengths, is_causal, scale, blocks, precision = _check_options(
+        q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
+        precision)
     scores_shape = _check_shapes(q, k, v, mask, bias, key_lengths, heads=heads)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
     call = _Call(q, k, v, mask, bias, key_lengths, scores_shape)
-    return call, is_causal, scale, blocks, _choose(call, is_causal, scale, implementation, heads)
+    backend = jax.default_backend() if backend is None else backend
+    path = _choose(call, is_causal, scale, implementation, heads, backend)
+    return call, is_causal, scale, blocks, precision, path
 
 
 def _run(*args, heads: bool) -> jax.Array:
     """Check, choose the path and run the compiled program (both layouts)."""
-    call, is_causal, scale, blocks, (path, fallback) = _prepare(*args, heads=heads)
+    call, is_causal, scale, blocks, precision, (path, fallback) = _prepare(*args, heads=heads)
     static = isinstance(scale, float)
     return _attention(*call[:-1], None if static else scale, is_causal=is_causal,
                       scale=scale if static else None, path=path, fallback=fallback,
-                      blocks=blocks, scores_shape=call.scores_shape, heads=heads)
+                      blocks=blocks, scores_shape=call.scores_shape, heads=heads,
+                      precision=precision)
 
 
 # --------------------------------------------------------------------------- public functions
@@ -422,7 +434,8 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
               bias: ArrayLike | None = None, is_causal: bool = False,
               scale: float | ArrayLike | None = None, *, key_lengths: ArrayLike | None = None,
               implementation: str | None = None,
-              block_size: int | tuple[int, int] | None = None) -> jax.Array:
+              block_size: int | tuple[int, int] | None = None,
+              precision: jax.lax.PrecisionLike = None) -> jax.Array:
     r"""Scaled dot-product attention on ``[..., L, d]`` arrays.
 
     .. math:: \mathrm{Attention}(Q, K, V) = \mathrm{softmax}\Big(s\, Q K^T + B\Big) V,
@@ -472,6 +485,13 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
       block_size: ``block_q`` or ``(block_q, block_k)`` for the blockwise path
         (default ``(512, 256)``, tuned on CPU); ignored by a default call that runs
         another path, an error with ``'xla'`` or ``'cudnn'``.
+      precision: of the two matrix products :math:`QK^T` and :math:`PV` (and of
+        the backward pass), as ``jnp.matmul``'s. ``None`` (default) is JAX's
+        default, as in every neural-network layer of jaxmath: float32 on CPU,
+        TF32 for float32 inputs on recent NVIDIA GPUs (about 1e-3 relative error
+        in the output), one bfloat16 pass on TPUs. ``"highest"`` gives float32
+        products on every backend. The cuDNN kernel takes bfloat16/float16
+        inputs, whose products it computes exactly in float32 whatever this is.
 
     Returns:
       ``[..., Lq, dv]``, the leading axes broadcast from all inputs. A query whose
@@ -512,14 +532,15 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
              [0., 1.]], dtype=float32)
     """
     return _run(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
-                heads=False)
+                precision, heads=False)
 
 
 def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                          mask: ArrayLike | None = None, bias: ArrayLike | None = None,
                          is_causal: bool = False, scale: float | ArrayLike | None = None, *,
                          key_lengths: ArrayLike | None = None, implementation: str | None = None,
-                         block_size: int | tuple[int, int] | None = None) -> jax.Array:
+                         block_size: int | tuple[int, int] | None = None,
+                         precision: jax.lax.PrecisionLike = None) -> jax.Array:
     r"""Multi-head attention on ``[..., L, H, d]`` arrays, with grouped-query attention.
 
     .. math:: O_h = \mathrm{softmax}\big(s\, Q_h K_{g(h)}^T + B_h\big)\, V_{g(h)},
@@ -549,6 +570,8 @@ def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
         :func:`attention` (cuDNN takes at most one batch axis here and runs on this
         layout without transposes).
       block_size: block sizes of the blockwise path, as in :func:`attention`.
+      precision: of the matrix products, as in :func:`attention` (None: JAX's
+        default; ``"highest"``: float32 on every backend).
 
     Returns:
       ``[..., Lq, H, dv]`` in the input dtype; zeros, with zero gradients, for a
@@ -570,7 +593,7 @@ def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
       [0.         0.         0.16666667 0.16666667]
     """
     return _run(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
-                heads=True)
+                precision, heads=True)
 
 
 def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
@@ -578,13 +601,15 @@ def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                              is_causal: bool = False, scale: float | ArrayLike | None = None, *,
                              key_lengths: ArrayLike | None = None,
                              implementation: str | None = None,
-                             multi_head: bool = False) -> str:
+                             multi_head: bool = False, backend: str | None = None) -> str:
     r"""The path, ``'xla'``, ``'blockwise'`` or ``'cudnn'``, that a call runs.
 
     Takes the arguments of :func:`attention` (or of :func:`multi_head_attention`
     with ``multi_head=True``), checks them the same way and returns the path chosen
-    for them. By default: ``'cudnn'`` where it can run; else ``'blockwise'`` if the
-    scores of the xla path would exceed the memory budget,
+    for them on ``backend`` (``'cpu'``, ``'gpu'`` or ``'tpu'``; default: JAX's
+    default backend). By default: ``'cudnn'`` where it can run (an NVIDIA GPU);
+    else ``'blockwise'`` if the scores of the xla path would exceed the memory
+    budget,
 
     .. math:: 4 \cdot \textstyle\prod(\text{batch axes}) \cdot H \cdot L_q \cdot L_k
        \ \text{bytes} > \texttt{XLA\_MEMORY\_BUDGET\_BYTES},
@@ -595,8 +620,17 @@ def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
 
     Example:
       >>> x = jnp.zeros((8, 1024, 64))
-      >>> attention_implementation(x, x, x), attention_implementation(x[:, :8], x, x)
-      ('blockwise', 'xla')
+      >>> attention_implementation(x, x, x, backend="cpu")
+      'blockwise'
+      >>> attention_implementation(x[:, :8], x, x, backend="cpu")
+      'xla'
+      >>> attention_implementation(x, x, x, backend="gpu")  # float32: not cuDNN
+      'xla'
+      >>> x16 = x.astype(jnp.bfloat16)[None].transpose(0, 2, 1, 3)  # [B, L, H, d]
+      >>> attention_implementation(x16, x16, x16, multi_head=True, backend="gpu")
+      'cudnn'
     """
+    if backend is not None:
+        _checks.check_choice(backend, "backend", BACKENDS)
     return _prepare(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, None,
-                    multi_head)[-1][0]
+                    None, multi_head, backend)[-1][0]

@@ -108,15 +108,21 @@ def _add_block(acc: jax.Array, blk: jax.Array, i0: jax.Array, j0: jax.Array) -> 
 
 
 class _Config:
-    """Static description of one call: block sizes, true lengths, causal flag, dtypes."""
+    """Static description of one call: block sizes, lengths, causal flag, dtypes, precision."""
 
-    def __init__(self, lq: int, lk: int, bq: int, bk: int, is_causal: bool, prescale: bool):
+    def __init__(self, lq: int, lk: int, bq: int, bk: int, is_causal: bool, prescale: bool,
+                 precision: lax.PrecisionLike = None):
         self.lq, self.lk, self.bq, self.bk = lq, lk, bq, bk
-        self.is_causal, self.prescale = is_causal, prescale
+        self.is_causal, self.prescale, self.precision = is_causal, prescale, precision
         self.nq, self.nk = -(-lq // bq), -(-lk // bk)
 
     def _key(self):
-        return (self.lq, self.lk, self.bq, self.bk, self.is_causal, self.prescale)
+        return (self.lq, self.lk, self.bq, self.bk, self.is_causal, self.prescale,
+                self.precision)
+
+    def dot(self, spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
+        """``jnp.einsum(spec, a, b)`` accumulated in ``dtype`` at the call's precision."""
+        return jnp.einsum(spec, a, b, preferred_element_type=dtype, precision=self.precision)
 
     def __hash__(self):
         return hash(self._key())
@@ -180,7 +186,7 @@ def _scores_t(cfg: _Config, q_i, k_j, bias, scale, i, j, compute_dtype) -> jax.A
     ``q_i`` is already multiplied by the scale when ``cfg.prescale`` (float32 and wider);
     bfloat16/float16 products are scaled in float32 instead.
     """
-    s = jnp.einsum("...kd,...qd->...kq", k_j, q_i, preferred_element_type=compute_dtype)
+    s = cfg.dot("...kd,...qd->...kq", k_j, q_i, compute_dtype)
     if not cfg.prescale:
         s = s * scale
     if bias is not None:
@@ -191,7 +197,7 @@ def _scores_t(cfg: _Config, q_i, k_j, bias, scale, i, j, compute_dtype) -> jax.A
 
 def _scores(cfg: _Config, q_i, k_j, bias, scale, i, j, compute_dtype) -> jax.Array:
     """Scores of block (i, j) as ``[..., bq, bk]`` (queries by keys)."""
-    s = jnp.einsum("...qd,...kd->...qk", q_i, k_j, preferred_element_type=compute_dtype)
+    s = cfg.dot("...qd,...kd->...qk", q_i, k_j, compute_dtype)
     if not cfg.prescale:
         s = s * scale
     if bias is not None:
@@ -229,9 +235,8 @@ def _forward(cfg: _Config, q, k, v, bias, mask, key_lengths, scale):
             alpha = jnp.exp(m - m_new)
             p = jnp.exp(s - m_new[..., None])
             l = alpha * l + jnp.sum(p, axis=-1)
-            pv = jnp.einsum("...qk,...kd->...qd", p.astype(v.dtype),
-                            _block(v, j * cfg.bk, cfg.bk, -2),
-                            preferred_element_type=compute_dtype)
+            pv = cfg.dot("...qk,...kd->...qd", p.astype(v.dtype),
+                         _block(v, j * cfg.bk, cfg.bk, -2), compute_dtype)
             return alpha[..., None] * o + pv, m_new, l
 
         carry = (jnp.zeros((*lead, cfg.bq, dv), compute_dtype),
@@ -287,15 +292,13 @@ def _flash_bwd(cfg, res, do):
             keep = _keep_t(cfg, i, j, mask, key_lengths)
             if keep is not None:
                 p_t = jnp.where(keep, p_t, 0)
-            dv_j = dv_j + jnp.einsum("...kq,...qd->...kd", p_t.astype(do.dtype), do_i,
-                                     preferred_element_type=compute_dtype)
-            dp_t = jnp.einsum("...kd,...qd->...kq", v_j, do_i,
-                              preferred_element_type=compute_dtype)
+            dv_j = dv_j + cfg.dot("...kq,...qd->...kd", p_t.astype(do.dtype), do_i,
+                                  compute_dtype)
+            dp_t = cfg.dot("...kd,...qd->...kq", v_j, do_i, compute_dtype)
             ds_t = p_t * (dp_t - _block(delta, i * cfg.bq, cfg.bq, -1)[..., None, :])
-            dk_j = dk_j + jnp.einsum("...kq,...qd->...kd", ds_t.astype(q.dtype), q_i,
-                                     preferred_element_type=compute_dtype)
-            dq_i_t = jnp.einsum("...dk,...kq->...dq", k_j_t, ds_t.astype(k.dtype),
-                                preferred_element_type=compute_dtype)
+            dk_j = dk_j + cfg.dot("...kq,...qd->...kd", ds_t.astype(q.dtype), q_i,
+                                  compute_dtype)
+            dq_i_t = cfg.dot("...dk,...kq->...dq", k_j_t, ds_t.astype(k.dtype), compute_dtype)
             dq_t = lax.dynamic_update_slice_in_dim(
                 dq_t, _block(dq_t, i * cfg.bq, cfg.bq, -1) + dq_i_t, i * cfg.bq, axis=-1)
             if dbias_t is not None:
@@ -332,8 +335,8 @@ _flash.defvjp(_flash_fwd, _flash_bwd)
 def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None,
                         mask: jax.Array | None = None, key_lengths: jax.Array | None = None, *,
                         scale: float | jax.Array, is_causal: bool = False,
-                        block_q: int = DEFAULT_BLOCK_Q,
-                        block_k: int = DEFAULT_BLOCK_K) -> jax.Array:
+                        block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K,
+                        precision: lax.PrecisionLike = None) -> jax.Array:
     r"""Attention by the online-softmax recurrence of the module docstring.
 
     The kernel of ``attention(..., implementation='blockwise')``, which checks and
@@ -345,6 +348,8 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
     ``scale`` a scalar; ``block_q`` and ``block_k`` positive ints (default
     :data:`DEFAULT_BLOCK_Q` = 512, :data:`DEFAULT_BLOCK_K` = 256, balanced by
     :func:`block_sizes`). ``is_causal``: query ``i`` attends to keys ``j <= i``.
+    ``precision``: of every block's matrix products, forward and backward
+    (None: JAX's default; ``"highest"``: float32 on every backend).
 
     Returns:
       ``[..., Lq, dv]`` in ``v``'s dtype; zeros (and zero gradients) for a query
@@ -353,15 +358,16 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
 
     Example:
       >>> q = k = v = jnp.eye(3)
-      >>> blockwise_attention(q, k, v, scale=1.0, is_causal=True, block_q=2, block_k=2)
-      Array([[1.        , 0.        , 0.        ],
-             [0.26894143, 0.7310586 , 0.        ],
-             [0.21194156, 0.21194156, 0.57611686]], dtype=float32)
+      >>> out = blockwise_attention(q, k, v, scale=1.0, is_causal=True, block_q=2, block_k=2)
+      >>> print(np.round(out, 6))
+      [[1.       0.       0.      ]
+       [0.268941 0.731059 0.      ]
+       [0.211942 0.211942 0.576117]]
     """
     lq, lk = q.shape[-2], k.shape[-2]
     bq, bk = block_sizes(lq, lk, block_q, block_k)
     prescale = jnp.dtype(q.dtype).itemsize >= 4
-    cfg = _Config(lq, lk, bq, bk, bool(is_causal), prescale)
+    cfg = _Config(lq, lk, bq, bk, bool(is_causal), prescale, precision)
     lq_pad, lk_pad = cfg.nq * bq, cfg.nk * bk
     q = _pad_axis(q, -2, lq_pad)
     k, v = _pad_axis(k, -2, lk_pad), _pad_axis(v, -2, lk_pad)

@@ -57,7 +57,8 @@ class Conv2D(nn.Module):
       use_bias: add a learned ``[features]`` bias.
       dtype: computation dtype (default: inferred from input and params).
       param_dtype: parameter dtype.
-      precision: of the convolution.
+      precision: of the convolution; ``None`` (default) is JAX's default (TF32
+        for float32 on recent NVIDIA GPUs), ``"highest"`` float32 on every backend.
       kernel_init, bias_init: flax's defaults (LeCun normal, zeros); PyTorch
         initialises differently (Kaiming uniform).
 

@@ -50,7 +50,7 @@ def _positive_int(value: object, name: str) -> int:
 
 
 def _dropout_attention(q: Array, k: Array, v: Array, keep: Array | None, rate: float,
-                       rng: Array, broadcast: bool) -> Array:
+                       rng: Array, broadcast: bool, precision: lax.PrecisionLike) -> Array:
     r"""Reference attention with dropout on the weights, as flax.linen.dot_product_attention.
 
     ``q`` is ``[..., Lq, H, d]``, ``k, v`` are ``[..., Lk, H_kv, d]``; ``keep`` is a
@@ -63,7 +63,8 @@ def _dropout_attention(q: Array, k: Array, v: Array, keep: Array | None, rate: f
     g = h // h_kv
     f32 = jnp.promote_types(q.dtype, jnp.float32)
     q_g = q.reshape(*q.shape[:-2], h_kv, g, q.shape[-1])
-    logits = jnp.einsum("...qhgd,...khd->...hgqk", q_g, k, preferred_element_type=f32)
+    logits = jnp.einsum("...qhgd,...khd->...hgqk", q_g, k, preferred_element_type=f32,
+                        precision=precision)
     logits = logits.reshape(*logits.shape[:-4], h, lq, lk) / math.sqrt(q.shape[-1])
     if keep is not None:
         try:
@@ -77,7 +78,8 @@ def _dropout_attention(q: Array, k: Array, v: Array, keep: Array | None, rate: f
     drop = jax.random.bernoulli(rng, 1.0 - rate, shape)
     probs = jnp.where(drop, probs / (1.0 - rate), 0.0).astype(v.dtype)
     probs = probs.reshape(*probs.shape[:-3], h_kv, g, lq, lk)
-    out = jnp.einsum("...hgqk,...khd->...qhgd", probs, v, preferred_element_type=f32)
+    out = jnp.einsum("...hgqk,...khd->...qhgd", probs, v, preferred_element_type=f32,
+                     precision=precision)
     return out.reshape(*out.shape[:-3], h, v.shape[-1]).astype(v.dtype)
 
 
@@ -123,7 +125,10 @@ class MultiHeadAttention(nn.Module):
       dtype: computation dtype (default: inferred from inputs and params);
         the softmax is computed in float32 whatever it is.
       param_dtype: parameter dtype.
-      precision: of the projections.
+      precision: of every matrix product: the four projections and the attention
+        itself. ``None`` (default) is JAX's default (TF32 for float32 on recent
+        NVIDIA GPUs, one bfloat16 pass on TPUs); ``"highest"`` gives float32
+        products on every backend.
       kernel_init, bias_init: initialisers of the projections (flax's defaults:
         LeCun normal and zeros).
 
@@ -265,10 +270,11 @@ class MultiHeadAttention(nn.Module):
                 causal = jnp.tril(jnp.ones((q.shape[-3], k.shape[-3]), bool))
                 mask = causal if mask is None else jnp.logical_and(mask, causal)
             out = _dropout_attention(q, k, v, mask, self.dropout_rate, self.make_rng("dropout"),
-                                     self.broadcast_dropout)
+                                     self.broadcast_dropout, self.precision)
         else:
             out = multi_head_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                       implementation=self.implementation)
+                                       implementation=self.implementation,
+                                       precision=self.precision)
         return nn.DenseGeneral(self.out_features or inputs_q.shape[-1], axis=(-2, -1),
                                use_bias=self.use_bias, dtype=self.dtype,
                                param_dtype=self.param_dtype, precision=self.precision,

@@ -79,6 +79,9 @@ class TransformerBlock(nn.Module):
       is_causal: causal self-attention.
       decode: autoregressive decoding through the attention's ``'cache'``.
       dtype, param_dtype: computation and parameter dtypes.
+      precision: of every matrix product (attention, projections, MLP): ``None``
+        (default) is JAX's default (TF32 for float32 on recent NVIDIA GPUs, one
+        bfloat16 pass on TPUs), ``"highest"`` float32 on every backend.
 
     Example:
       >>> block = TransformerBlock(num_heads=2, is_causal=True)
@@ -98,6 +101,7 @@ class TransformerBlock(nn.Module):
     implementation: str | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    precision: lax.PrecisionLike = None
 
     @nn.compact
     def __call__(self, x: Array, *, mask: Array | None = None,
@@ -110,16 +114,17 @@ class TransformerBlock(nn.Module):
             raise ValueError(f"mlp_ratio * D must be >= 1, got mlp_ratio={self.mlp_ratio}, "
                              f"D={d}")
         norm = dict(dtype=self.dtype, param_dtype=self.param_dtype)
+        dense = dict(norm, precision=self.precision)
         h = nn.LayerNorm(name="ln_attn", **norm)(x)
         h = MultiHeadAttention(
             self.num_heads, num_kv_heads=self.num_kv_heads, dropout_rate=self.dropout_rate,
             is_causal=self.is_causal, qk_norm=self.qk_norm, decode=self.decode,
-            implementation=self.implementation, name="attn", **norm)(h, mask=mask,
-                                                                     deterministic=det)
+            implementation=self.implementation, name="attn", **dense)(h, mask=mask,
+                                                                      deterministic=det)
         x = x + nn.Dropout(self.dropout_rate)(h, deterministic=det)
         h = nn.LayerNorm(name="ln_mlp", **norm)(x)
-        h = nn.gelu(nn.Dense(hidden, name="mlp_in", **norm)(h))
-        h = nn.Dense(d, name="mlp_out", **norm)(h)
+        h = nn.gelu(nn.Dense(hidden, name="mlp_in", **dense)(h))
+        h = nn.Dense(d, name="mlp_out", **dense)(h)
         return x + nn.Dropout(self.dropout_rate)(h, deterministic=det)
 
 
@@ -148,7 +153,7 @@ class Transformer(nn.Module):
         ``mutable=['cache']`` takes the next token(s) and their positions continue
         from the cached position. More than ``max_len`` tokens in total is not
         detected under jit.
-      deterministic, dtype, param_dtype: as in :class:`TransformerBlock`.
+      deterministic, dtype, param_dtype, precision: as in :class:`TransformerBlock`.
 
     Example:
       >>> enc = Transformer(num_layers=1, d_model=8, num_heads=2, vocab_size=10, max_len=6)
@@ -173,6 +178,7 @@ class Transformer(nn.Module):
     deterministic: bool | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    precision: lax.PrecisionLike = None
 
     def _embed(self, inputs: Array) -> Array:
         """Tokens ``[..., L]`` or features ``[..., L, F]`` to ``[..., L, D]``."""
@@ -180,7 +186,8 @@ class Transformer(nn.Module):
         if self.vocab_size is None:
             x = _checks.as_float(inputs, "inputs")
             _checks.check_ndim(x, "inputs", min_ndim=2)
-            return nn.Dense(self.d_model, name="input_proj", **kwargs)(x)
+            return nn.Dense(self.d_model, name="input_proj", precision=self.precision,
+                            **kwargs)(x)
         tokens = jnp.asarray(inputs)
         _checks.check_integer(tokens, "inputs (tokens, since vocab_size is set)")
         _checks.check_ndim(tokens, "inputs", min_ndim=1)
@@ -228,7 +235,8 @@ class Transformer(nn.Module):
                 self.num_heads, num_kv_heads=self.num_kv_heads, mlp_ratio=self.mlp_ratio,
                 dropout_rate=self.dropout_rate, is_causal=self.is_causal or self.decode,
                 qk_norm=self.qk_norm, decode=self.decode, implementation=self.implementation,
-                dtype=self.dtype, param_dtype=self.param_dtype, name=f"block_{i}",
+                dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+                name=f"block_{i}",
             )(x, mask=mask, deterministic=det)
         return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
 
@@ -247,7 +255,8 @@ class TransformerLM(nn.Module):
       vocab_size: number of tokens ``V``.
       num_layers, d_model, num_heads, num_kv_heads, mlp_ratio, dropout_rate,
         max_len, positions, qk_norm, decode, implementation, deterministic, dtype,
-        param_dtype: of the :class:`Transformer` trunk.
+        param_dtype, precision: of the :class:`Transformer` trunk (``precision``
+        also of the logits head).
 
     Example:
       >>> lm = TransformerLM(vocab_size=10, num_layers=1, d_model=8, num_heads=2, max_len=6)
@@ -271,6 +280,7 @@ class TransformerLM(nn.Module):
     deterministic: bool | None = None
     dtype: Dtype | None = None
     param_dtype: Dtype = jnp.float32
+    precision: lax.PrecisionLike = None
 
     @nn.compact
     def __call__(self, tokens: Array, *, mask: Array | None = None,
@@ -282,8 +292,10 @@ class TransformerLM(nn.Module):
             vocab_size=self.vocab_size, max_len=self.max_len, positions=self.positions,
             is_causal=True, qk_norm=self.qk_norm, decode=self.decode,
             implementation=self.implementation, deterministic=self.deterministic,
-            dtype=self.dtype, param_dtype=self.param_dtype, name="trunk",
+            dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
+            name="trunk",
         )(tokens, mask=mask, deterministic=deterministic)
         logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
-                          param_dtype=self.param_dtype, name="head")(h)
+                          param_dtype=self.param_dtype, precision=self.precision,
+                          name="head")(h)
         return logits.astype(jnp.promote_types(logits.dtype, jnp.float32))
