@@ -57,7 +57,7 @@ import matplotlib
 import numpy as np
 from matplotlib.figure import Figure
 
-from jaxmath.linalg import eigh
+from jaxmath.linalg import eigh, linear
 from jaxmath.losses import mse
 from jaxmath.optim import gradient_descent
 from jaxmath.sweep import from_config, run_sweep, write_table
@@ -69,8 +69,8 @@ _PLOT_FLOOR = 1e-9    # excess losses below the float32 rounding of a loss near 
 
 
 def loss(theta: jax.Array, X: jax.Array, y: jax.Array) -> jax.Array:
-    r"""Mean squared error :math:`\frac1n \lVert X\theta - y \rVert^2`."""
-    return mse(y, X @ theta)
+    r"""Mean squared error :math:`\frac1n \lVert X\theta - y \rVert^2` (products in float32)."""
+    return mse(y, linear(X, theta))
 
 
 @partial(jax.jit, static_argnames=("num_samples", "num_features", "min_scale", "noise"))
@@ -81,7 +81,7 @@ def make_problem(seed: jax.Array, *, num_samples: int, num_features: int, min_sc
     scales = jnp.linspace(min_scale, 1.0, num_features)
     X = jax.random.normal(k_x, (num_samples, num_features)) * scales
     w = jax.random.normal(k_w, (num_features,))
-    y = X @ w + noise * jax.random.normal(k_eps, (num_samples,))
+    y = linear(X, w) + noise * jax.random.normal(k_eps, (num_samples,))
     theta0 = jax.random.normal(k_init, (num_features,))
     return X, y, theta0
 

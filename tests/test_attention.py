@@ -14,7 +14,9 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from jaxmath.nn.attention import attention, attention_implementation, multi_head_attention
-from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL
+from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL, default_precision_tol
+
+NN = default_precision_tol()  # float32 layers at JAX's default precision
 
 attention_module = importlib.import_module("jaxmath.nn.attention")  # not the function
 
@@ -132,12 +134,11 @@ def test_leading_axes_broadcast(rng):
     assert out.shape == (2, 4, 5, 2)
     np.testing.assert_allclose(
         out, attention(q, np.broadcast_to(k, (2, 4, 6, 3)), np.broadcast_to(v, (2, 4, 6, 2))),
-        rtol=F32_LOOSE, atol=F32_LOOSE)
+        **NN)
     # A key-padding mask [Lk] and an unbatched query with a batched mask.
     pad = np.array([True, True, True, False, False, True])
     np.testing.assert_allclose(attention(q, k, v, mask=pad),
-                               attention(q, k[..., pad, :], v[..., pad, :]), rtol=F32_LOOSE,
-                               atol=F32_LOOSE)
+                               attention(q, k[..., pad, :], v[..., pad, :]), **NN)
     masks = _random_mask(rng, (3, 1, 5, 6))
     assert attention(q[0, 0], k[0, 0], v[0], mask=masks).shape == (3, 1, 5, 2)
 
@@ -300,17 +301,15 @@ def test_multi_head_gqa_matches_torch_and_jax_nn(rng):
     ref = F.scaled_dot_product_attention(*(_t(np.swapaxes(a, 1, 2)) for a in (q, k, v)),
                                          attn_mask=_t(additive.astype(np.float32)),
                                          enable_gqa=True)
-    np.testing.assert_allclose(out, np.swapaxes(ref.numpy(), 1, 2), rtol=F32_LOOSE,
-                               atol=F32_LOOSE)
+    np.testing.assert_allclose(out, np.swapaxes(ref.numpy(), 1, 2), **NN)
     ref = _jax_nn_attention(q, k, v, bias=bias[None], mask=mask, is_causal=True)
-    np.testing.assert_allclose(out, ref, rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_allclose(out, ref, **NN)
     # Query head i uses K/V head i // (H / H_kv): the [..., L, d] layout with repeated K/V.
     g = h // h_kv
     per_head = attention(np.swapaxes(q, 1, 2), np.repeat(np.swapaxes(k, 1, 2), g, 1),
                          np.repeat(np.swapaxes(v, 1, 2), g, 1), mask=mask, bias=bias,
                          is_causal=True)
-    np.testing.assert_allclose(out, np.swapaxes(per_head, 1, 2), rtol=F32_LOOSE,
-                               atol=F32_LOOSE)
+    np.testing.assert_allclose(out, np.swapaxes(per_head, 1, 2), **NN)
 
 
 def test_multi_head_gradients_match_torch_autograd(rng, x64):
@@ -354,23 +353,55 @@ def test_multi_head_jit_and_vmap(rng):
 
 # --------------------------------------------------------------------------- implementations
 
-def test_default_implementation_policy(rng, monkeypatch):
+@pytest.mark.parametrize("backend", attention_module.BACKENDS)
+def test_default_implementation_policy(backend, monkeypatch):
+    def path(*args, **kwargs):
+        return attention_implementation(*args, backend=backend, **kwargs)
+
     x, short = jnp.zeros((2, 1024, 8)), jnp.zeros((2, 8, 8))
-    assert attention_implementation(short, short, short) == "xla"
+    long_path = "blockwise" if backend == "cpu" else "xla"
+    assert path(short, short, short) == "xla"
     # On CPU from CPU_BLOCKWISE_MIN_LENGTH queries and keys on: blockwise.
-    assert attention_implementation(x, x, x, is_causal=True) == "blockwise"
-    assert attention_implementation(x[:, :8], x, x) == "xla"         # 8 queries (decoding)
+    assert path(x, x, x, is_causal=True) == long_path
+    assert path(x[:, :8], x, x) == "xla"                             # 8 queries (decoding)
     half = x[:, :512]                                                 # one query block
-    assert attention_implementation(half, half, half, is_causal=True) == "xla"
-    assert attention_implementation(x, x, x, implementation="xla") == "xla"
+    assert path(half, half, half, is_causal=True) == "xla"
+    assert path(x, x, x, implementation="xla") == "xla"
     heads = jnp.zeros((1, 1024, 4, 8))
-    assert attention_implementation(heads, heads[..., :1, :], heads[..., :1, :],
-                                    multi_head=True) == "blockwise"
+    assert path(heads, heads[..., :1, :], heads[..., :1, :], multi_head=True) == long_path
+    # bfloat16 [B, L, H, d] goes to cuDNN on an NVIDIA GPU, whatever its length.
+    h16 = heads.astype(jnp.bfloat16)
+    assert path(h16, h16, h16, multi_head=True) == ("cudnn" if backend == "gpu" else long_path)
+    assert path(h16[:, :8], h16[:, :8], h16[:, :8], multi_head=True) == (
+        "cudnn" if backend == "gpu" else "xla")
     # Past the memory budget of the scores: blockwise on every backend.
     monkeypatch.setattr(attention_module, "CPU_BLOCKWISE_MIN_LENGTH", 10**9)
-    assert attention_implementation(x, x, x) == "xla"
+    assert path(x, x, x) == "xla"
     monkeypatch.setattr(attention_module, "XLA_MEMORY_BUDGET_BYTES", 2 * 1024 * 1024 * 4 - 1)
-    assert attention_implementation(x, x, x) == "blockwise"
+    assert path(x, x, x) == "blockwise"
+
+
+@pytest.mark.parametrize("call,reason", [
+    (lambda x: dict(q=x, k=x, v=x), "cuDNN takes float16 or bfloat16 inputs, got float32"),
+    (lambda x: dict(q=x.astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
+                    v=x[..., :4].astype(jnp.bfloat16)), "same head size for q and v"),
+    (lambda x: dict(q=x.astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
+                    v=x.astype(jnp.bfloat16), scale=jnp.float32(0.5)), "scale as a Python number"),
+    (lambda x: dict(q=x[:, :4].astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
+                    v=x.astype(jnp.bfloat16), is_causal=True), "Lq == Lk only"),
+])
+def test_cudnn_refusals_on_a_gpu(call, reason):
+    x = jnp.zeros((2, 16, 2, 8))  # [B, L, H, d]
+    with pytest.raises(ValueError, match=f"'cudnn' cannot run this call: .*{reason}"):
+        attention_implementation(**call(x), implementation="cudnn", multi_head=True,
+                                 backend="gpu")
+    assert attention_implementation(**call(x), multi_head=True, backend="gpu") != "cudnn"
+
+
+def test_attention_implementation_rejects_an_unknown_backend():
+    x = jnp.zeros((2, 8, 8))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        attention_implementation(x, x, x, backend="cuda")
 
 
 @pytest.fixture
@@ -426,6 +457,9 @@ def test_default_falls_back_when_cudnn_refuses(rng, fake_cudnn, monkeypatch):
 # --------------------------------------------------------------------------- bad inputs
 
 Q, KV = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4))
+# Why implementation='cudnn' refuses these float32 arrays on the backend in use.
+CUDNN_REFUSAL = ("cuDNN takes float16 or bfloat16 inputs, got float32"
+                 if jax.default_backend() == "gpu" else "it needs an NVIDIA GPU")
 BAD_INPUTS = [
     (lambda: attention(Q, jnp.ones((2, 5, 3)), KV), ValueError,
      r"same feature size d.*\(2, 5, 3\)"),
@@ -464,7 +498,7 @@ BAD_INPUTS = [
     (lambda: attention(Q, KV, KV, implementation="flash"), ValueError,
      "implementation must be one of .*'xla', 'blockwise', 'cudnn'.*got 'flash'"),
     (lambda: attention(Q, KV, KV, implementation="cudnn"), ValueError,
-     "implementation='cudnn' cannot run this call: it needs an NVIDIA GPU"),
+     "implementation='cudnn' cannot run this call: " + CUDNN_REFUSAL),
     (lambda: jax.jit(lambda q: attention(q, KV, KV, implementation="cudnn"))(Q), ValueError,
      "implementation='cudnn' cannot run"),
     (lambda: attention(Q, KV, KV, block_size=0, implementation="blockwise"), ValueError,

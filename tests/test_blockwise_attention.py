@@ -14,7 +14,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from jaxmath.nn.attention import attention, multi_head_attention
-from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL
+from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, default_precision_tol
+
+NN = default_precision_tol()  # float32 layers at JAX's default precision
 
 bw = importlib.import_module("jaxmath.nn.blockwise_attention")  # the module, not a function
 
@@ -104,12 +106,11 @@ def test_matches_xla_and_torch_with_mask_bias_lengths(rng, lq, lk, block, is_cau
     # torch: one additive mask with -inf where a pair is not attended.
     additive = np.where(keep, bias, -np.inf).astype(np.float32)
     t_out, t_grads = _torch_grads(q, k, v, additive, w, scale=float(scale))
-    np.testing.assert_allclose(out, t_out, rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_allclose(out, t_out, **NN)
     for g, t in zip(grads[:3], t_grads[:3], strict=True):
-        np.testing.assert_allclose(g, t, rtol=F32_LOOSE, atol=F32_LOOSE)
+        np.testing.assert_allclose(g, t, **NN)
     # d/dbias is summed over the batch axis the bias broadcasts over.
-    np.testing.assert_allclose(grads[3], t_grads[3].sum(0, keepdims=True), rtol=F32_LOOSE,
-                               atol=F32_LOOSE)
+    np.testing.assert_allclose(grads[3], t_grads[3].sum(0, keepdims=True), **NN)
 
 
 def test_gqa_cross_attention_causal_lengths_match_torch(rng):
@@ -135,10 +136,9 @@ def test_gqa_cross_attention_causal_lengths_match_torch(rng):
     t_out = F.scaled_dot_product_attention(tq, tk, tv, attn_mask=_t(additive), enable_gqa=True)
     (t_out * _t(np.swapaxes(w, 1, 2))).sum().backward()
     np.testing.assert_allclose(out, np.swapaxes(t_out.detach().numpy(), 1, 2),
-                               rtol=F32_LOOSE, atol=F32_LOOSE)
+                               **NN)
     for g, t in zip(grads[:3], (tq, tk, tv), strict=True):
-        np.testing.assert_allclose(g, np.swapaxes(t.grad.numpy(), 1, 2), rtol=F32_LOOSE,
-                                   atol=F32_LOOSE)
+        np.testing.assert_allclose(g, np.swapaxes(t.grad.numpy(), 1, 2), **NN)
 
 
 @pytest.mark.parametrize("lq,lk,bq,bk", [(37, 45, 16, 8), (64, 37, 16, 16), (45, 37, 8, 24),

@@ -14,6 +14,7 @@ from jaxmath import cli
 from jaxmath.cli import RUN_FILES, list_configs, main, run_experiment
 from jaxmath.config import ConfigError
 
+ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
 ECHO = str(FIXTURES / "configs" / "echo.py")
 FACTS = {"wall_time_s", "jax_version", "jaxmath_version", "backend", "devices"}
@@ -65,7 +66,8 @@ def test_run_writes_every_file(tmp_path, capsys):
     assert summary["doubled"] == 4.0 and summary["num_steps"] == 2
     assert summary["config_written_first"] is True  # config.json exists before run() starts
     assert FACTS <= set(summary)
-    assert summary["jax_version"] == jax.__version__ and summary["backend"] == "cpu"
+    assert summary["jax_version"] == jax.__version__
+    assert summary["backend"] == jax.default_backend()
     assert summary["devices"].startswith(f"{jax.device_count()} x ")
 
     config = json.loads((workdir / "config.json").read_text())
@@ -194,8 +196,11 @@ def test_multi_process_only_process_zero_writes(tmp_path, monkeypatch):
 
 
 def _env():
+    """The environment of a `python -m jaxmath` subprocess: on the CPU, with this checkout
+    importable whether or not jaxmath is installed."""
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     env.pop("JAX_COORDINATOR_ADDRESS", None)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
     return env
 
 

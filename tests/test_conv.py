@@ -15,7 +15,9 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from jaxmath.nn.conv import conv2d, convolve
-from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL
+from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL, default_precision_tol
+
+NN = default_precision_tol()  # float32 layers at JAX's default precision
 
 MODES = ("full", "same", "valid")
 
@@ -152,7 +154,7 @@ def test_conv2d_matches_torch(rng, stride, padding, dilation, groups, torch_padd
     ref = _torch_conv2d(x, k, bias=b, stride=stride, padding=torch_padding, dilation=dilation,
                         groups=groups)
     assert out.shape == ref.shape
-    np.testing.assert_allclose(out, ref, rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_allclose(out, ref, **NN)
 
 
 def test_conv2d_explicit_asymmetric_padding_matches_torch(rng):

@@ -17,7 +17,9 @@ from jax.test_util import check_grads
 
 from jaxmath.diffusion.denoisers import MLPDenoiser, UNet, timestep_embedding
 from jaxmath.nn.transformer import sinusoidal_positions
-from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL
+from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL, default_precision_tol
+
+NN = default_precision_tol()  # float32 layers at JAX's default precision
 
 T_MAX = 999
 # float32 angles t * w_i are rounded to half an ulp of t * w_i <= T_MAX, here and in
@@ -156,7 +158,7 @@ def test_mlp_matches_numpy_reference(mlp):
     got = model.apply(variables, X, T)
     assert got.shape == (B, D) and got.dtype == jnp.float32
     np.testing.assert_allclose(got, mlp_reference(variables["params"], X, T, F),
-                               rtol=F32_LOOSE, atol=F32_LOOSE)
+                               **NN)
     assert model.apply(variables, X, T).shape == X.shape
 
 
@@ -175,8 +177,7 @@ def test_mlp_vmap_over_an_ensemble_equals_a_loop(mlp):
     stacked = jax.tree.map(lambda *a: jnp.stack(a), *members)
     batched = jax.vmap(model.apply, in_axes=(0, None, None))(stacked, X, T)
     for i, v in enumerate(members):
-        np.testing.assert_allclose(batched[i], model.apply(v, X, T), rtol=F32_LOOSE,
-                                   atol=F32_LOOSE)
+        np.testing.assert_allclose(batched[i], model.apply(v, X, T), **NN)
 
 
 def test_mlp_bfloat16_compute(mlp):

@@ -13,7 +13,9 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from jaxmath.nn.mha import MultiHeadAttention
-from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL
+from tests.tolerances import F32_LOOSE, F64_ATOL, F64_RTOL, GRAD_RTOL, default_precision_tol
+
+NN = default_precision_tol()  # float32 layers at JAX's default precision
 
 BF16_ATOL = 5e-2  # bfloat16 projections and attention against a float32 run
 B, L, D, H = 2, 6, 16, 4
@@ -84,7 +86,7 @@ def test_matches_numpy_reference_with_gqa_and_qk_norm(h_kv, norm):
     out = jax.jit(model.apply)({"params": params}, x, kv, mask=mask)
     assert out.shape == (B, L, 8)
     ref = _reference(params, x, kv, H, h_kv, mask=mask, norm=norm)
-    np.testing.assert_allclose(out, ref, rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_allclose(out, ref, **NN)
 
 
 _PERM_MODEL = MultiHeadAttention(H, num_kv_heads=2)
@@ -173,7 +175,7 @@ def test_matches_torch_multihead_attention(case):
     xt = torch.from_numpy(x)
     expected, _ = _to_torch(params, D, H)(xt, xt, xt, need_weights=False, **kw)
     out = model.apply({"params": params}, x, mask=mask)
-    np.testing.assert_allclose(out, expected.detach().numpy(), rtol=F32_LOOSE, atol=F32_LOOSE)
+    np.testing.assert_allclose(out, expected.detach().numpy(), **NN)
 
 
 @pytest.mark.parametrize("h_kv,chunks", [(2, [1] * L), (1, [4, 1, 1])])
@@ -193,8 +195,7 @@ def test_decode_cache_equals_full_causal_attention(h_kv, chunks):
         cache, start = variables["cache"], start + n
         outs.append(y)
     assert int(cache["cache_index"]) == L
-    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=F32_LOOSE,
-                               atol=F32_LOOSE)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, **NN)
 
 
 def test_fully_masked_query_gives_the_output_bias():

@@ -37,11 +37,17 @@ HP = grid(learning_rate=[0.05, 0.2, 0.5, 100.0], seed=[0, 1, 2])  # N = 12; 100 
 
 
 def quad(hp):
-    """Gradient descent on least squares from a seed-dependent start."""
-    w = jnp.cos(hp["seed"] + jnp.arange(3.0))
-    grad = jax.grad(lambda w: jnp.mean((X @ w - Y) ** 2))
-    w = jax.lax.fori_loop(0, 20, lambda _, w: w - hp["learning_rate"] * grad(w), w)
-    return {"loss": jnp.mean((X @ w - Y) ** 2), "w": w}
+    """Gradient descent on least squares from a seed-dependent start.
+
+    Its products are float32 on every backend, so that comparing a swept run with a
+    direct one tests the sweep, not how TF32 or bfloat16 rounding (a GPU's or TPU's
+    default) differs between a batched and an unbatched product.
+    """
+    with jax.default_matmul_precision("highest"):
+        w = jnp.cos(hp["seed"] + jnp.arange(3.0))
+        grad = jax.grad(lambda w: jnp.mean((X @ w - Y) ** 2))
+        w = jax.lax.fori_loop(0, 20, lambda _, w: w - hp["learning_rate"] * grad(w), w)
+        return {"loss": jnp.mean((X @ w - Y) ** 2), "w": w}
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,8 @@ def jobs():
         procs[f"process_{i}"] = _start(2, JAX_COORDINATOR_ADDRESS=address,
                                        JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
     try:
-        one_device = jax.sharding.Mesh(np.asarray(jax.devices()[:1]), ("sweep",))
+        # the jobs run on the CPU (JAX_PLATFORMS=cpu): so does the reference
+        one_device = jax.sharding.Mesh(np.asarray(jax.devices("cpu")[:1]), ("sweep",))
         reference = run_sweep(train, HPARAMS, mesh=one_device)
         results = {name: _result(proc, name) for name, proc in procs.items()}
     finally:

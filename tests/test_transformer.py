@@ -15,7 +15,9 @@ from jaxmath.nn.transformer import (
     TransformerLM,
     sinusoidal_positions,
 )
-from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL
+from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL, default_precision_tol
+
+NN = default_precision_tol()  # float32 layers at JAX's default precision
 
 BF16_ATOL = 1e-1  # bfloat16 blocks against float32
 B, L, D, H, V = 2, 8, 16, 4, 11
@@ -130,8 +132,7 @@ def test_lm_decode_token_by_token_equals_full_forward():
         logits, variables = step(cache, tokens[:, t:t + 1])
         cache = variables["cache"]
         outs.append(logits)
-    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, rtol=F32_LOOSE,
-                               atol=F32_LOOSE)
+    np.testing.assert_allclose(jnp.concatenate(outs, axis=1), full, **NN)
 
 
 def test_tiny_lm_overfits_a_sequence():
