@@ -34,6 +34,7 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax import lax
 
 from jaxmath import _checks
 from jaxmath.nn.softmax import log_softmax
@@ -63,16 +64,33 @@ __all__ = [
 
 @jax.custom_jvp
 def _xlogy(x: jax.Array, y: jax.Array) -> jax.Array:
-    """``x * log(y)`` with ``0 * log(y) = 0`` for every ``y`` (0 included).
+    """``x * log(y)`` with ``0 * log(y) = 0`` for every finite ``y >= 0`` (0 included).
 
-    Where x = 0, ``y`` is raised to at least ``tiny`` so the log is finite; where
-    x >= tiny it is untouched (``tiny - min(x, tiny) = 0``), so y = 0 < x still gives
-    -inf. This is written with min/max rather than ``jnp.where``: a compare or select
-    inside the fused elementwise-and-sum loop stops XLA:CPU from vectorising it,
-    which made entropy and KL 4-6x slower on 10,000 x 1,000 inputs.
+    Two formulations, chosen when the program is lowered for its backend
+    (``lax.platform_dependent``), equal on every input a measure takes:
+
+    * CPU (:func:`_xlogy_minmax`): where x = 0, ``y`` is raised to at least ``tiny``
+      so the log is finite; where x >= tiny it is untouched (``tiny - min(x, tiny) =
+      0``), so y = 0 < x still gives -inf. Written with min/max rather than a select:
+      a compare or select inside the fused elementwise-and-sum loop stops XLA:CPU from
+      vectorising it, which made entropy and KL 4-6x slower on 10,000 x 1,000 inputs.
+    * GPU and TPU (:func:`_xlogy_select`): ``where(x != 0 or y is NaN, x log y, 0)``,
+      the program of ``jax.scipy.special.xlogy``, which XLA fuses into the reduction
+      there at memory bandwidth (on an H200 the min/max form ran at 0.85x of it).
+
+    They differ only at ``x = 0, y = +inf`` (not a probability): NaN on the CPU, 0
+    on an accelerator.
     """
+    return lax.platform_dependent(x, y, cpu=_xlogy_minmax, default=_xlogy_select)
+
+
+def _xlogy_minmax(x: jax.Array, y: jax.Array) -> jax.Array:
     tiny = jnp.finfo(x.dtype).tiny
     return x * jnp.log(jnp.maximum(y, tiny - jnp.minimum(x, tiny)))
+
+
+def _xlogy_select(x: jax.Array, y: jax.Array) -> jax.Array:
+    return jnp.where((x != 0) | jnp.isnan(y), x * jnp.log(y), jnp.zeros_like(x))
 
 
 @_xlogy.defjvp

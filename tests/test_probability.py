@@ -517,3 +517,47 @@ BAD_INPUTS = [
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------
+# The x log y kernel on every backend: CPU and accelerator formulations.
+
+XLOGY_X = np.array([0.0, 0.0, 0.0, 1e-30, 0.3, 1.0, 2.0, 0.5, 0.0, 0.7], np.float32)
+XLOGY_Y = np.array([0.0, 0.5, 1e-38, 0.2, 0.0, 1.0, 3.0, np.nan, np.nan, np.inf], np.float32)
+
+
+def test_xlogy_formulations_agree():
+    """The CPU kernel (min/max) and the GPU/TPU kernel (select) give the same values,
+    NaN in y propagating in both; they differ at x = 0, y = inf only (not a probability)."""
+    from jaxmath.probability import _xlogy_minmax, _xlogy_select
+
+    cpu, accel = _xlogy_minmax(XLOGY_X, XLOGY_Y), _xlogy_select(XLOGY_X, XLOGY_Y)
+    want = scipy.special.xlogy(XLOGY_X.astype(np.float64), XLOGY_Y).astype(np.float32)
+    np.testing.assert_array_equal(cpu, want)
+    np.testing.assert_array_equal(accel, want)
+    assert np.isnan(_xlogy_minmax(np.float32(0), np.float32(np.inf)))
+    assert _xlogy_select(np.float32(0), np.float32(np.inf)) == 0
+
+
+def _hlo_ops(fn, *args, platform):
+    """Counts of the arithmetic operations of ``fn`` lowered for ``platform`` (the
+    predicate plumbing -- compares, converts, ors -- varies with JAX's settings)."""
+    import collections
+    import re
+
+    text = jax.jit(fn).trace(*args).lower(lowering_platforms=(platform,)).as_text()
+    arithmetic = ("log", "multiply", "select", "reduce", "add", "subtract", "negate",
+                  "minimum", "maximum", "divide")
+    return collections.Counter(op for op in re.findall(r"stablehlo\.(\w+)", text)
+                               if op in arithmetic)
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_entropy_on_accelerators_is_the_plain_xlogy_program(platform):
+    """On a GPU or TPU jm.entropy compiles to what -sum(xlogy(p, p)) does (no extra work)."""
+    p = jnp.full((4, 8), 1 / 8)
+    want = _hlo_ops(lambda p: -jnp.sum(jax.scipy.special.xlogy(p, p), -1), p,
+                    platform=platform)
+    assert _hlo_ops(entropy, p, platform=platform) == want
+    assert "minimum" not in _hlo_ops(kl_divergence, p, p, platform=platform)
+    assert "select" not in _hlo_ops(entropy, p, platform="cpu")  # the vectorising form
