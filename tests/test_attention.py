@@ -1,6 +1,8 @@
 """attention against torch scaled_dot_product_attention, jax.nn and the seed's example."""
 
+import collections
 import importlib
+import re
 
 import hypothesis.extra.numpy as hnp
 import jax
@@ -535,3 +537,53 @@ BAD_INPUTS = [
 def test_bad_inputs(call, exc, msg):
     with pytest.raises(exc, match=msg):
         call()
+
+
+# --------------------------------------------------------------------------- the cuDNN path
+
+
+@pytest.fixture
+def cuda_lowering(monkeypatch):
+    """Lower for CUDA on any machine: off a GPU, pretend cuDNN 9.10 on a Hopper GPU."""
+    if jax.default_backend() != "gpu":
+        fused = pytest.importorskip("jax._src.cudnn.fused_attention_stablehlo")
+        if not hasattr(fused, "check_cudnn_version"):
+            pytest.skip("this JAX version checks cuDNN differently")
+        monkeypatch.setattr(fused, "check_cudnn_version", lambda: 91000)
+        monkeypatch.setattr(fused, "check_compute_capability", lambda capability: True)
+        monkeypatch.setattr(attention_module.jax, "default_backend", lambda: "gpu")
+
+    def ops(fn, *args):
+        """The program's operations, SSA names and locations stripped, as a multiset."""
+        text = jax.jit(fn).trace(*args).lower(lowering_platforms=("cuda",)).as_text()
+        return collections.Counter(
+            re.sub(r"%[\w#:]+", "%", re.sub(r"loc\([^)]*\)", "", line)).strip()
+            for line in text.splitlines() if "stablehlo." in line)
+    return ops
+
+
+@pytest.mark.parametrize("is_causal", [False, True])
+@pytest.mark.parametrize("h_kv", [4, 1])
+def test_default_path_on_a_gpu_is_jax_nn_cudnn_call(cuda_lowering, is_causal, h_kv):
+    """bfloat16 [B, L, H, d] without a mask: the same cuDNN program as jax.nn's, forward
+    and backward, so no work is added on top of the kernel."""
+    q = jnp.zeros((2, 256, 4, 64), jnp.bfloat16)
+    kv = q[:, :, :h_kv]
+    w = jnp.ones_like(q)
+
+    def jm_call(q, k, v):
+        return multi_head_attention(q, k, v, is_causal=is_causal)
+
+    def jax_nn_call(q, k, v):
+        return jax.nn.dot_product_attention(q, k, v, is_causal=is_causal,
+                                            implementation="cudnn")
+
+    def fwd_bwd(f):
+        return jax.grad(lambda q, k, v: jnp.sum((w * f(q, k, v)).astype(jnp.float32)),
+                        argnums=(0, 1, 2))
+
+    forward = cuda_lowering(jm_call, q, kv, kv)
+    assert any("__cudnn$fmha" in op for op in forward)
+    assert forward == cuda_lowering(jax_nn_call, q, kv, kv)
+    assert cuda_lowering(fwd_bwd(jm_call), q, kv, kv) == cuda_lowering(fwd_bwd(jax_nn_call),
+                                                                         q, kv, kv)
