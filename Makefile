@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run tour test test-slow bench lint clean
+.PHONY: run tour test test-slow test-gpu bench bench-gpu lint clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -30,6 +30,20 @@ test-slow: $(VENV)/.dev  ## the long accuracy checks
 
 bench: $(VENV)/.dev  ## CPU benchmarks against the reference libraries
 	$(PY) -m benchmarks.run
+
+# On a GPU machine: its own python3, whose JAX already has CUDA, runs this checkout as it
+# is (nothing is installed or reinstalled). Each pytest worker allocates GPU memory on
+# demand instead of claiming 75% of it.
+GPU_WORKERS ?= 8
+GPU_ENV := PYTHONPATH=$(CURDIR)$${PYTHONPATH:+:$$PYTHONPATH} XLA_PYTHON_CLIENT_PREALLOCATE=false
+
+test-gpu:  ## the test suite (slow checks excluded) on the GPU, with the machine's own JAX
+	$(GPU_ENV) $(PYTHON) -m benchmarks.gpu_check
+	$(GPU_ENV) $(PYTHON) -m pytest -m "not slow" -n $(GPU_WORKERS) -p no:cacheprovider
+
+bench-gpu:  ## GPU benchmarks into benchmarks/results/gpu.json, with the machine's own JAX
+	$(GPU_ENV) $(PYTHON) -m benchmarks.gpu_check
+	$(GPU_ENV) $(PYTHON) -m benchmarks.gpu
 
 lint: $(VENV)/.dev
 	$(PY) -m ruff check .
