@@ -1,12 +1,15 @@
 """A tiny training job that tests/test_train_resume.py kills with SIGKILL and restarts.
 
-    python tests/_resume_job.py WORKDIR [SECONDS_PER_STEP]
+    python tests/_resume_job.py WORKDIR [SECONDS_PER_STEP [STEPS_PER_CALL]]
 
 Trains a 2-16-1 MLP with optax's Adam and a dropout mask drawn from a typed PRNG
-key held in the state, through :func:`jaxmath.train.train_loop`. ``batch_fn``
-sleeps ``SECONDS_PER_STEP`` so that the test can kill the run at chosen moments;
-the sleep does not change any value. On success the final state's leaves are
-written to ``WORKDIR/final.npz`` (typed keys as their key data).
+key held in the state, through :func:`jaxmath.train.train_loop`, one jitted call
+per update (``STEPS_PER_CALL`` 1, the default: minibatches drawn by NumPy on the
+host) or several updates per call (any other value: ``batch_fn`` traced, the data
+on the device). Each update sleeps ``SECONDS_PER_STEP`` (in ``batch_fn`` on the
+host, or in a host callback inside the scan) so that the test can kill the run at
+chosen moments; the sleep does not change any value. On success the final state's
+leaves are written to ``WORKDIR/final.npz`` (typed keys as their key data).
 """
 
 from __future__ import annotations
@@ -58,20 +61,34 @@ def step_fn(state, batch):
     return {"params": params, "opt_state": opt_state, "key": key}, {"loss": loss}
 
 
-def make_batch_fn(seconds_per_step: float = 0.0):
-    def batch_fn(step: int):
+def make_batch_fn(seconds_per_step: float = 0.0, steps_per_call: int = 1):
+    if steps_per_call == 1:
+        def batch_fn(step: int):
+            if seconds_per_step:
+                time.sleep(seconds_per_step)
+            idx = np.random.default_rng(step).integers(0, 64, size=16)
+            return _X[idx], _Y[idx]
+        return batch_fn
+
+    x, y, key = jnp.asarray(_X), jnp.asarray(_Y), jax.random.key(7)
+
+    def pause():
         if seconds_per_step:
             time.sleep(seconds_per_step)
-        idx = np.random.default_rng(step).integers(0, 64, size=16)
-        return _X[idx], _Y[idx]
-    return batch_fn
+
+    def traced_batch_fn(step):
+        jax.debug.callback(pause)  # in every run, sleeping or not: the same program
+        idx = jax.random.randint(jax.random.fold_in(key, step), (16,), 0, 64)
+        return x[idx], y[idx]
+    return traced_batch_fn
 
 
-def run(workdir, seconds_per_step: float = 0.0, progress: str = "none"):
-    return train_loop(init_state(), step_fn, make_batch_fn(seconds_per_step),
+def run(workdir, seconds_per_step: float = 0.0, progress: str = "none",
+        steps_per_call: int = 1):
+    return train_loop(init_state(), step_fn, make_batch_fn(seconds_per_step, steps_per_call),
                       num_steps=NUM_STEPS, workdir=workdir, log_every=LOG_EVERY,
                       checkpoint_every=CHECKPOINT_EVERY, max_to_keep=MAX_TO_KEEP,
-                      desc="resume-job", progress=progress)
+                      desc="resume-job", progress=progress, steps_per_call=steps_per_call)
 
 
 def leaves(state) -> list[np.ndarray]:
@@ -86,7 +103,8 @@ def leaves(state) -> list[np.ndarray]:
 def main(argv: list[str]) -> None:
     workdir = argv[1]
     seconds = float(argv[2]) if len(argv) > 2 else 0.0
-    result = run(workdir, seconds, progress="lines")
+    steps_per_call = int(argv[3]) if len(argv) > 3 else 1
+    result = run(workdir, seconds, progress="lines", steps_per_call=steps_per_call)
     tmp = os.path.join(workdir, "final.tmp.npz")
     np.savez(tmp, *leaves(result.state))
     os.replace(tmp, os.path.join(workdir, "final.npz"))

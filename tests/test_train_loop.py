@@ -6,6 +6,12 @@ larger num_steps, a lost last checkpoint and a partial metrics line, no checkpoi
 all) must give bit-identical results; a non-finite loss must stop the run naming the
 step, with the last finite state checkpointed. The real kill test (a typed PRNG key in
 the state, Adam, SIGKILL during a checkpoint write) is tests/test_train_resume.py.
+
+The scan path (``steps_per_call != 1``: the updates between log steps as one
+``lax.scan``, ``batch_fn`` traced) is checked the same way against the per-step path
+of the same traced ``batch_fn``: the same rows and checkpoints, values equal to float
+rounding, bit-identical however the steps are split into calls (resumed, extended
+from an odd step, replayed after a non-finite loss), and one compilation.
 """
 
 from __future__ import annotations
@@ -26,7 +32,14 @@ import pytest
 
 from jaxmath.train.checkpoint import Checkpointer
 from jaxmath.train.files import MetricsLog
-from jaxmath.train.loop import NonFiniteLossError, TrainResult, train_loop
+from jaxmath.train.loop import (
+    NonFiniteLossError,
+    TrainResult,
+    TrainTiming,
+    _calls,
+    _chunk_length,
+    train_loop,
+)
 from tests.tolerances import F32_ATOL, F32_RTOL
 
 _OPT = optax.sgd(0.05, momentum=0.9)
@@ -61,6 +74,26 @@ def batch_fn(step: int):
     return x, y
 
 
+_XD, _YD = jnp.asarray(_X), jnp.asarray(_Y)  # on the device, for traced batch_fns
+_BATCH_KEY = jax.random.key(3)
+
+
+def make_device_batch_fn(nan_at: int = -1):
+    """A traceable batch_fn: rows of the device arrays drawn from fold_in(key, step).
+
+    A new function per call, so that a jitted program traced with one ``nan_at`` is
+    never reused for another.
+    """
+    def device_batch_fn(step):
+        idx = jax.random.randint(jax.random.fold_in(_BATCH_KEY, step), (8,), 0, 32)
+        y = _YD[idx]
+        return _XD[idx], y.at[0].set(jnp.where(step == nan_at, jnp.nan, y[0]))
+    return device_batch_fn
+
+
+device_batch_fn = make_device_batch_fn()
+
+
 def bare_loop(num_steps: int):
     jstep = jax.jit(step_fn)
     state, losses = init_state(), []
@@ -75,7 +108,7 @@ def leaves_equal(a, b) -> bool:
                                                     strict=True))
 
 
-def run(workdir, num_steps, **kw):
+def run(workdir, num_steps, batch_fn=batch_fn, **kw):
     kw = {"log_every": 10, "checkpoint_every": 25, "progress": "none", **kw}
     return train_loop(init_state(), step_fn, batch_fn, num_steps=num_steps, workdir=workdir, **kw)
 
@@ -275,6 +308,180 @@ def test_inf_loss_is_non_finite_too(tmp_path):
                    progress="none")
 
 
+# --------------------------------------------------------------------------- the scan path
+
+
+def scan_run(workdir, num_steps, batch_fn=device_batch_fn, **kw):
+    return run(workdir, num_steps, **{"steps_per_call": 0, **kw}, batch_fn=batch_fn)
+
+
+@pytest.fixture(scope="module")
+def whole_scan(tmp_path_factory):
+    """An uninterrupted 60-step run on the scan path (log 10, checkpoint 25: 5 per call)."""
+    workdir = tmp_path_factory.mktemp("whole_scan")
+    return scan_run(workdir, 60)
+
+
+@pytest.mark.parametrize(("log_every", "checkpoint_every", "steps_per_call", "length"), [
+    (10, 25, 0, 5), (100, 500, 0, 100), (100, 500, 64, 50), (100, 500, 100, 100),
+    (100, 500, 1000, 100), (20, 1000, 0, 20), (7, 7, 3, 1), (6, 4, 5, 2)])
+def test_chunk_length_divides_every_log_and_checkpoint_step(log_every, checkpoint_every,
+                                                            steps_per_call, length):
+    assert _chunk_length(log_every, checkpoint_every, steps_per_call) == length
+
+
+def test_calls_end_at_multiples_of_the_length():
+    assert list(_calls(0, 10, 5)) == [(0, 5), (5, 5)]
+    assert list(_calls(23, 35, 5)) == [(23, 2), (25, 5), (30, 5)]
+    assert list(_calls(20, 23, 5)) == [(20, 3)]
+    assert list(_calls(7, 7, 5)) == []
+
+
+def test_scan_path_matches_the_per_step_path(tmp_path, whole_scan):
+    per_step = run(tmp_path, 60, batch_fn=device_batch_fn)
+    assert [r["step"] for r in whole_scan.history] == [10, 20, 30, 40, 50, 60]
+    assert [set(r) for r in whole_scan.history] == [set(r) for r in per_step.history]
+    for got, want in zip(whole_scan.history, per_step.history, strict=True):
+        np.testing.assert_allclose([got["loss"], got["w0"]], [want["loss"], want["w0"]],
+                                   rtol=F32_RTOL, atol=F32_ATOL)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_ATOL),
+                 whole_scan.state, per_step.state)
+    assert (per_step.timing.steps_per_call, whole_scan.timing.steps_per_call) == (1, 5)
+
+
+def test_scan_path_log_and_checkpoint_schedule(tmp_path):
+    """23 steps, 5 per call: the last call runs 3 updates and 2 discarded iterations."""
+    seen = []
+
+    def batch_fn(step):
+        jax.debug.callback(seen.append, step)
+        return device_batch_fn(step)
+
+    result = scan_run(tmp_path, 23, batch_fn=batch_fn, log_every=5, checkpoint_every=10,
+                      max_to_keep=5)
+    assert [r["step"] for r in result.history] == [5, 10, 15, 20, 23]
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [10, 20, 23]
+    steps = [int(s) for s in seen]
+    assert len(steps) == 25 and set(steps) == set(range(23))  # never past num_steps - 1
+    assert steps[-5:] == [20, 21, 22, 22, 22]  # discarded iterations repeat the last batch
+    ref_state, _ = bare_loop_of(device_batch_fn, 23)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_ATOL),
+                 result.state, ref_state)
+
+
+def bare_loop_of(batch_fn, num_steps):
+    jstep = jax.jit(step_fn)
+    state, losses = init_state(), []
+    for i in range(num_steps):
+        state, metrics = jstep(state, batch_fn(i))
+        losses.append(float(metrics["loss"]))
+    return state, losses
+
+
+@pytest.mark.parametrize("first", [30, 23, 1])
+def test_scan_path_resume_and_extend_is_bit_identical(tmp_path, whole_scan, first):
+    """Resumed at a call boundary (30) or between (23, 1: calls of 2 and 4 updates first)."""
+    part = scan_run(tmp_path / "split", first)
+    assert [r["step"] for r in part.history] == [s for s in range(10, first, 10)] + [first]
+    second = scan_run(tmp_path / "split", 60)
+    assert leaves_equal(second.state, whole_scan.state)
+    # the same rows, and the first run's last row where it ended between log steps
+    assert [r for r in second.history if r["step"] % 10 == 0] == whole_scan.history
+    assert [r["step"] for r in second.history if r["step"] % 10] == (
+        [first] if first % 10 else [])
+    assert second.timing.first_steps == (5 - first % 5 if first % 5 else 5)
+
+
+def test_scan_path_resume_after_a_lost_checkpoint(tmp_path, whole_scan):
+    scan_run(tmp_path / "split", 50)
+    shutil.rmtree(tmp_path / "split" / "checkpoints" / "50")
+    with open(tmp_path / "split" / "metrics.jsonl", "a") as f:
+        f.write('{"step": 60, "loss": 0.1')
+    resumed = scan_run(tmp_path / "split", 60)  # from 25
+    assert leaves_equal(resumed.state, whole_scan.state)
+    assert resumed.history == whole_scan.history
+
+
+def _count_compiles(caplog, name):
+    return [r for r in caplog.records
+            if f"Finished XLA compilation of jit({name})" in r.getMessage()]
+
+
+def test_scan_path_compiles_once(tmp_path, caplog):
+    """Calls of 5, 3 (at 23), 2 (from 23) and 4 updates (at 49): one program, one trace."""
+    traces = []
+
+    def counting_step(state, batch):
+        traces.append(1)
+        return step_fn(state, batch)
+
+    batch_fn = make_device_batch_fn()
+    kw = {"workdir": tmp_path, "progress": "none", "log_every": 5, "checkpoint_every": 10,
+          "steps_per_call": 0}
+    caplog.set_level(logging.WARNING, logger="jax._src.dispatch")
+    with jax.log_compiles(True):
+        first = train_loop(init_state(), counting_step, batch_fn, num_steps=23, **kw)
+        second = train_loop(init_state(), counting_step, batch_fn, num_steps=49, **kw)
+    assert len(traces) == 1 and len(_count_compiles(caplog, "_scan_steps")) == 1
+    assert not _count_compiles(caplog, "_guarded_step")
+    assert [r["step"] for r in second.history] == [5, 10, 15, 20, 23, 25, 30, 35, 40, 45, 49]
+    assert first.history == second.history[:5]
+
+
+def test_scan_path_metrics_fn_sees_the_state_of_its_step(tmp_path):
+    seen = {}
+
+    def metrics_fn(state, step):
+        seen[step] = np.asarray(state["params"]["w"])
+        return {"w_norm": jnp.linalg.norm(state["params"]["w"])}
+
+    result = scan_run(tmp_path, 20, metrics_fn=metrics_fn, log_every=10, checkpoint_every=20)
+    assert sorted(seen) == [10, 20]
+    np.testing.assert_array_equal(seen[20], result.state["params"]["w"])
+    ten = scan_run(tmp_path / "ten", 10, log_every=10, checkpoint_every=20)
+    np.testing.assert_array_equal(seen[10], ten.state["params"]["w"])
+    assert result.history[0]["w_norm"] == pytest.approx(float(np.linalg.norm(seen[10])))
+    assert result.timing.eval_s > 0
+
+
+@pytest.mark.parametrize("bad_batch", [16, 20, 0])
+def test_scan_path_non_finite_loss_saves_the_last_finite_state(tmp_path, bad_batch):
+    bad_step = bad_batch + 1
+    with pytest.raises(NonFiniteLossError, match=rf"non-finite loss nan at step {bad_step} "
+                       rf"\(batch_fn\({bad_batch}\)\).* checkpointed as step {bad_batch}"):
+        scan_run(tmp_path / "bad", 60, batch_fn=make_device_batch_fn(bad_batch), log_every=5,
+                 checkpoint_every=20)
+    assert [r["step"] for r in MetricsLog(tmp_path / "bad").read()] == list(
+        range(5, bad_step, 5))
+    # the replayed state: bit-identical to a clean run stopped there (same program)
+    clean = scan_run(tmp_path / "clean", max(bad_batch, 1), log_every=5, checkpoint_every=20)
+    with Checkpointer(tmp_path / "bad") as ckpt:
+        step, state = ckpt.restore_latest(init_state())
+    assert step == bad_batch
+    assert leaves_equal(state, clean.state if bad_batch else init_state())
+
+
+def test_scan_path_needs_a_traceable_batch_fn(tmp_path):
+    with pytest.raises(TypeError, match=r"steps_per_call=0, batch_fn is traced.*"
+                                        r"Pass steps_per_call=1"):
+        scan_run(tmp_path, 10, batch_fn=batch_fn)  # NumPy's generator seeded by the step
+
+
+def test_timing_of_a_run(tmp_path, whole_scan):
+    timing = whole_scan.timing
+    assert isinstance(timing, TrainTiming)
+    assert (timing.first_steps, timing.steps, timing.steps_per_call) == (5, 55, 5)
+    assert timing.compile_s > 0 and timing.steps_s > 0 and timing.checkpoint_s > 0
+    assert timing.steps_per_s == pytest.approx(55 / timing.steps_s)
+    assert timing.eval_s == 0.0  # no metrics_fn
+    per_step = run(tmp_path / "per_step", 10).timing
+    assert (per_step.first_steps, per_step.steps, per_step.steps_per_call) == (1, 9, 1)
+    finished = run(tmp_path / "per_step", 10)
+    assert finished.timing is None
+    assert TrainTiming(1.0, 1, 0, 0.0, 0.0, 0.0, 1).steps_per_s is None
+
+
 # --------------------------------------------------------------------------- progress
 
 
@@ -352,6 +559,9 @@ BAD = [
     (lambda d: _loop(d, metrics_fn=1), TypeError, r"metrics_fn must be callable, got int"),
     (lambda d: _loop(d, progress="fancy"), ValueError, r"progress must be one of"),
     (lambda d: _loop(d, max_to_keep=0), ValueError, r"max_to_keep must be >= 1, got 0"),
+    (lambda d: _loop(d, steps_per_call=-1), ValueError, r"steps_per_call must be >= 0, got -1"),
+    (lambda d: _loop(d, steps_per_call=None), TypeError,
+     r"steps_per_call must be an int, got NoneType"),
     # raised while the loop's jitted step is traced
     (lambda d: _loop(d, step_fn=_no_loss), ValueError,
      r"with a 'loss' in metrics, got \['error'\]"),
@@ -362,6 +572,18 @@ BAD = [
      r"changed state leaf \['params'\]\['b'\] from float32\[\] to int32\[\]"),
     (_mismatched_checkpoint, ValueError, r"holds a different state than the template"),
 ]
+# the same trace-time checks inside the scan
+BAD += [(lambda d, fn=fn: fn(d, steps_per_call=0, batch_fn=device_batch_fn), exc, match)
+        for fn, exc, match in [
+            (lambda d, **kw: _loop(d, step_fn=_no_loss, **kw), ValueError,
+             r"with a 'loss' in metrics, got \['error'\]"),
+            (lambda d, **kw: _loop(d, step_fn=_vector_loss, **kw), ValueError,
+             r"metrics\['loss'\] must be a scalar, got shape \(2,\)"),
+            (lambda d, **kw: _loop(d, step_fn=_grows, **kw), TypeError,
+             r"a state of the same structure"),
+            (lambda d, **kw: _loop(d, step_fn=_casts, **kw), TypeError,
+             r"changed state leaf \['params'\]\['b'\] from float32\[\] to int32\[\]"),
+        ]]
 
 
 @pytest.mark.parametrize(("fn", "exc", "match"), BAD)

@@ -8,8 +8,10 @@ one before, drop the metrics rows after it, and finish.
 
 The final state's leaves must equal (np.array_equal) those of an uninterrupted run,
 computed in this process meanwhile, and metrics.jsonl must hold the same rows: no
-step duplicated or missing. (Kills at other moments, done in-process by removing what
-a kill would not have left, are in tests/test_train_loop.py.)
+step duplicated or missing. Both paths of the loop are killed: one call per update
+(batch_fn on the host) and the updates between log steps scanned in one call. (Kills
+at other moments, done in-process by removing what a kill would not have left, are in
+tests/test_train_loop.py.)
 """
 
 from __future__ import annotations
@@ -36,14 +38,15 @@ WAIT_S = 120.0            # generous: the machine is shared
 POLL_S = 0.002
 
 
-def _start(workdir: Path, cache: Path) -> subprocess.Popen:
+def _start(workdir: Path, cache: Path, steps_per_call: int) -> subprocess.Popen:
     # The runs share a persistent compilation cache: only the first one compiles.
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
                JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
     return subprocess.Popen(
-        [sys.executable, "-m", "tests._resume_job", str(workdir), str(SECONDS_PER_STEP)],
+        [sys.executable, "-m", "tests._resume_job", str(workdir), str(SECONDS_PER_STEP),
+         str(steps_per_call)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
@@ -73,18 +76,19 @@ def _kill_when(proc: subprocess.Popen, condition, what: str) -> None:
     assert proc.returncode == -signal.SIGKILL
 
 
-def _uninterrupted(workdir: Path):
+def _uninterrupted(workdir: Path, steps_per_call: int):
     """The reference run, in this process, on the CPU like the subprocesses."""
     with jax.default_device(jax.devices("cpu")[0]):
-        result = job.run(workdir)
+        result = job.run(workdir, steps_per_call=steps_per_call)
     return job.leaves(result.state), result.history
 
 
-def test_killed_run_resumes_bit_identical(tmp_path):
+@pytest.mark.parametrize("steps_per_call", [1, 0], ids=["per-step", "scan"])
+def test_killed_run_resumes_bit_identical(tmp_path, steps_per_call):
     workdir, cache = tmp_path / "run", tmp_path / "jax_cache"
-    proc = _start(workdir, cache)
+    proc = _start(workdir, cache, steps_per_call)
     with ThreadPoolExecutor(1) as pool:  # the reference runs while the job starts up
-        reference = pool.submit(_uninterrupted, tmp_path / "uninterrupted")
+        reference = pool.submit(_uninterrupted, tmp_path / "uninterrupted", steps_per_call)
         # killed while a checkpoint is being written, after a first complete one
         _kill_when(proc, lambda: (workdir / "checkpoints" / str(job.CHECKPOINT_EVERY)).is_dir()
                    and bool(_tmp_checkpoints(workdir)), "a second checkpoint being written")
@@ -92,7 +96,7 @@ def test_killed_run_resumes_bit_identical(tmp_path):
         ref_leaves, ref_history = reference.result(timeout=WAIT_S)
 
     # restarted to the end
-    proc = _start(workdir, cache)
+    proc = _start(workdir, cache, steps_per_call)
     out, _ = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, out
     assert re.search(r"resumed from the checkpoint at step (\d+)", out), out

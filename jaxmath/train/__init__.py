@@ -17,7 +17,7 @@ from jaxmath.train.files import (
     atomic_write_json,
     atomic_write_text,
 )
-from jaxmath.train.loop import NonFiniteLossError, TrainResult, train_loop
+from jaxmath.train.loop import NonFiniteLossError, TrainResult, TrainTiming, train_loop
 from jaxmath.train.report import save_figure, write_report, write_summary
 
 __all__ = [
@@ -25,6 +25,7 @@ __all__ = [
     "MetricsLog",
     "NonFiniteLossError",
     "TrainResult",
+    "TrainTiming",
     "atomic_write_bytes",
     "atomic_write_json",
     "atomic_write_text",

@@ -19,11 +19,23 @@ newest checkpoint, replays the few updates up to the one before the bad loss
 (same compiled step, same batches, so the same bits), saves that state and
 raises :class:`NonFiniteLossError`.
 
-Speed: nothing leaves the device between log steps. A log step's values are
-copied to the host asynchronously and written (and shown) when the next log step
-is reached, so logging does not stall the device either; only checkpoint steps
-wait, to check the losses before saving. The loop adds little to a bare Python
-loop of the jitted step.
+Speed: nothing leaves the device between log steps. With ``steps_per_call=1`` (the
+default) each update is one call of a jitted step and ``batch_fn(step)`` runs on the
+host; with ``steps_per_call != 1`` the updates between two log or checkpoint steps
+run as one jitted :func:`jax.lax.scan` over the step numbers, ``batch_fn`` traced
+inside it with a traced ``int32`` step (so the data it samples from stays on the
+device). A call then holds ``K`` updates, ``K`` a divisor of
+``gcd(log_every, checkpoint_every)``, and calls start at multiples of ``K``: a
+function of the step numbers alone, so that a resumed run makes the same calls as an
+uninterrupted one. One program serves every call: a call of fewer than ``K`` updates
+(at ``num_steps``, or from a checkpoint at an odd step) runs the same ``K``
+iterations with the extra ones masked (computed and discarded), and each iteration
+runs the same compiled body, so the bits do not depend on how the steps were split.
+A log step's values are copied to the host asynchronously and written (and shown)
+when the next log step is reached, so logging does not stall the device either;
+only checkpoint steps wait, to check the losses before saving. The loop adds little
+to a bare Python loop of the jitted step, and on an accelerator the scan removes
+the per-update dispatch that dominates small models.
 """
 
 from __future__ import annotations
@@ -50,7 +62,7 @@ from jaxmath.train.files import MetricsLog
 
 PyTree = Any
 
-__all__ = ["NonFiniteLossError", "TrainResult", "train_loop"]
+__all__ = ["NonFiniteLossError", "TrainResult", "TrainTiming", "train_loop"]
 
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
 
@@ -84,16 +96,55 @@ class NonFiniteLossError(FloatingPointError):
         return msg
 
 
+class TrainTiming(NamedTuple):
+    """Where the wall time of one :func:`train_loop` call went, in seconds.
+
+    Attributes:
+      compile_s: the first jitted call alone, waited for: tracing and compilation (or a
+        load from JAX's persistent cache) of the step, and the ``first_steps`` updates
+        it ran.
+      first_steps: the updates run by that first call.
+      steps: the updates run after it.
+      steps_s: their wall time, less ``eval_s`` and ``checkpoint_s``: the steps, their
+        dispatch and the metrics rows.
+      eval_s: time in ``metrics_fn``, from when the updates before it were done (its
+        own compilation included).
+      checkpoint_s: time checking the losses and saving checkpoints, from when the
+        updates before them were done.
+      steps_per_call: the updates per jitted call (``K``; 1 on the per-step path).
+
+    Example:
+      >>> TrainTiming(2.0, 10, 90, 0.5, 0.1, 0.2, 10).steps_per_s
+      180.0
+    """
+
+    compile_s: float
+    first_steps: int
+    steps: int
+    steps_s: float
+    eval_s: float
+    checkpoint_s: float
+    steps_per_call: int
+
+    @property
+    def steps_per_s(self) -> float | None:
+        """Updates per second after the first call (None if none ran after it)."""
+        return self.steps / self.steps_s if self.steps and self.steps_s > 0 else None
+
+
 class TrainResult(NamedTuple):
     """What :func:`train_loop` returns.
 
     Attributes:
       state: the final state (after ``num_steps`` updates).
       history: every row of ``metrics.jsonl``, across resumed runs, oldest first.
+      timing: where this call's time went (:class:`TrainTiming`), or None if it ran
+        no update (the workdir held a finished run).
     """
 
     state: PyTree
     history: list[dict]
+    timing: TrainTiming | None = None
 
 
 # --------------------------------------------------------------------------- checks
@@ -162,26 +213,148 @@ def _first_bad(carry: jax.Array) -> tuple[int, float]:
     return int(host[1]), float(host[2:3].view(np.float32)[0])
 
 
-# The jitted step of the last few step_fns: calling train_loop again with the same
-# step_fn (a resumed or extended run in one process) reuses its compilation. Bounded,
-# so that step_fns (and the data they close over) are not kept alive for ever.
+def _scan_steps(step_fn: Callable, batch_fn: Callable, length: int, state: PyTree,
+                carry: jax.Array, count: jax.Array) -> tuple[PyTree, Mapping, jax.Array]:
+    """``count`` updates (1 <= count <= ``length``) as one ``lax.scan`` of ``length`` steps.
+
+    Update ``s`` (from ``carry[0]``, the updates done, on) is
+    ``_guarded_step(step_fn, state, batch_fn(s), carry)`` with ``s`` a traced int32.
+    Iterations past ``count`` run on the last step's batch and are discarded (their
+    state, carry and metrics are not kept), so that one program, compiled once, serves
+    calls of any count, and each update runs the same compiled body whichever call it
+    is in. Returns the state and carry after the ``count`` updates and the metrics of
+    the last one.
+    """
+    first = carry[0]
+
+    def body(c, i):
+        state, carry = c
+        new_state, metrics, new_carry = _guarded_step(
+            step_fn, state, batch_fn(first + jnp.minimum(i, count - 1)), carry)
+        if length > 1:
+            active = i < count
+            new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state)
+            new_carry = jnp.where(active, new_carry, carry)
+        return (new_state, new_carry), metrics
+
+    (state, carry), metrics = lax.scan(body, (state, carry),
+                                       jnp.arange(length, dtype=jnp.int32))
+    return state, jax.tree.map(lambda m: m[count - 1], metrics), carry
+
+
+# The jitted programs of the last few step_fns (and batch_fns): calling train_loop again
+# with the same functions (a resumed or extended run in one process) reuses their
+# compilation. Bounded, so that the functions (and the data they close over) are not
+# kept alive for ever.
 _RECENT_STEPS: collections.OrderedDict = collections.OrderedDict()
 _RECENT_MAX = 8
 
 
-def _jitted_step(step_fn: Callable, donate: bool) -> Callable:
-    def compile_():
-        return jax.jit(functools.partial(_guarded_step, step_fn),
-                       donate_argnums=(0,) if donate else ())
-    key = (step_fn, bool(donate))
+def _cached_jit(key: tuple, make: Callable[[], Callable]) -> Callable:
     try:
-        jstep = _RECENT_STEPS.pop(key, None) or compile_()
+        jitted = _RECENT_STEPS.pop(key, None) or make()
     except TypeError:  # an unhashable callable: not cached
-        return compile_()
-    _RECENT_STEPS[key] = jstep
+        return make()
+    _RECENT_STEPS[key] = jitted
     while len(_RECENT_STEPS) > _RECENT_MAX:
         _RECENT_STEPS.popitem(last=False)
-    return jstep
+    return jitted
+
+
+def _jitted_step(step_fn: Callable, donate: bool) -> Callable:
+    return _cached_jit((step_fn, bool(donate)), lambda: jax.jit(
+        functools.partial(_guarded_step, step_fn), donate_argnums=(0,) if donate else ()))
+
+
+def _jitted_scan(step_fn: Callable, batch_fn: Callable, length: int, donate: bool) -> Callable:
+    return _cached_jit((step_fn, batch_fn, length, bool(donate)), lambda: jax.jit(
+        functools.partial(_scan_steps, step_fn, batch_fn, length),
+        donate_argnums=(0,) if donate else ()))
+
+
+def _chunk_length(log_every: int, checkpoint_every: int, steps_per_call: int) -> int:
+    """Updates per call on the scan path: the largest divisor of gcd(log_every,
+    checkpoint_every) not above ``steps_per_call`` (0: no bound).
+
+    Every log and checkpoint step is then a multiple of it, so no call crosses one.
+    """
+    g = math.gcd(log_every, checkpoint_every)
+    if steps_per_call == 0 or steps_per_call >= g:
+        return g
+    return max(d for d in range(1, steps_per_call + 1) if g % d == 0)
+
+
+def _calls(start: int, stop: int, length: int):
+    """``(first, count)`` of the calls that run updates ``start .. stop - 1``: each call
+    ends at the next multiple of ``length`` (or at ``stop``)."""
+    s = start
+    while s < stop:
+        e = min(stop, (s // length + 1) * length)
+        yield s, e - s
+        s = e
+
+
+def _check_traceable(batch_fn: Callable, steps_per_call: int) -> None:
+    """Trace ``batch_fn`` with an abstract int32 step: the scan path needs it traceable.
+
+    JAX's tracer errors are TypeErrors, and so is what NumPy or Python raise when
+    handed a tracer for an int (``np.random.default_rng(step)``, ``range(step)``).
+    """
+    try:
+        jax.eval_shape(batch_fn, jax.ShapeDtypeStruct((), jnp.int32))
+    except (TypeError, jax.errors.NonConcreteBooleanIndexError) as e:
+        raise TypeError(
+            f"with steps_per_call={steps_per_call}, batch_fn is traced with a traced int32 "
+            f"step and must build the batch from it with JAX operations; it failed "
+            f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}). Pass "
+            f"steps_per_call=1 to call it on the host with a Python int instead.") from e
+
+
+class _Stepper:
+    """Runs updates ``a .. b - 1`` on one of the two paths, and times the first call.
+
+    Per-step path (``steps_per_call=1``): one call of the jitted step per update, the
+    batch from ``batch_fn(step)`` on the host. Scan path: the calls of :func:`_calls`,
+    each one call of :func:`_scan_steps` (one compiled program for all of them).
+    """
+
+    def __init__(self, step_fn, batch_fn, donate, steps_per_call, log_every,
+                 checkpoint_every, carry_sharding):
+        self.batch_fn = batch_fn
+        if steps_per_call == 1:
+            self.length = 1
+            self.jstep = _jitted_step(step_fn, donate)
+            self.jscan = None
+        else:
+            self.length = _chunk_length(log_every, checkpoint_every, steps_per_call)
+            self.jscan = _jitted_scan(step_fn, batch_fn, self.length, donate)
+        self.carry_sharding = carry_sharding
+        self._counts: dict[int, jax.Array] = {}
+        self.first_call: tuple[float, int] | None = None  # (seconds, updates)
+        self.first_done_at: float | None = None
+
+    def _count(self, count: int) -> jax.Array:
+        if count not in self._counts:
+            self._counts[count] = jax.device_put(np.int32(count), self.carry_sharding)
+        return self._counts[count]
+
+    def advance(self, state, carry, a: int, b: int, timed: bool = True):
+        metrics = None
+        if self.jscan is None:
+            calls = ((s, 1) for s in range(a, b))
+        else:
+            calls = _calls(a, b, self.length)
+        for first, count in calls:
+            t0 = time.perf_counter() if timed and self.first_call is None else None
+            if self.jscan is None:
+                state, metrics, carry = self.jstep(state, self.batch_fn(first), carry)
+            else:
+                state, metrics, carry = self.jscan(state, carry, self._count(count))
+            if t0 is not None:  # the first call alone: wait for it
+                carry.block_until_ready()
+                self.first_done_at = time.perf_counter()
+                self.first_call = (self.first_done_at - t0, count)
+        return state, metrics, carry
 
 
 # --------------------------------------------------------------------------- progress
@@ -273,7 +446,7 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
                checkpoint_every: int = 1000, desc: str = "train",
                metrics_fn: Callable[[PyTree, int], Mapping[str, Any]] | None = None,
                max_to_keep: int = 3, progress: str = "auto", donate: bool = True,
-               ) -> TrainResult:
+               steps_per_call: int = 1) -> TrainResult:
     r"""Train ``state`` for ``num_steps`` updates in ``workdir``, resuming where a run stopped.
 
     .. math:: \mathrm{state}_s = \mathrm{step\_fn}(\mathrm{state}_{s-1},\,
@@ -289,9 +462,13 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
       step_fn: ``step_fn(state, batch) -> (state, metrics)`` with a scalar
         ``metrics["loss"]``; pure and jit-able (it is traced inside the loop's own
         jitted step, so the caller's ``jax.jit`` is optional).
-      batch_fn: ``batch_fn(step: int) -> batch`` for ``step = 0 .. num_steps - 1``;
+      batch_fn: ``batch_fn(step) -> batch`` for ``step = 0 .. num_steps - 1``;
         must depend on ``step`` alone (derive randomness with
-        ``jax.random.fold_in(key, step)``) for a resumed run to match.
+        ``jax.random.fold_in(key, step)``) for a resumed run to match. With
+        ``steps_per_call=1`` it is called on the host with a Python int and may
+        return anything ``step_fn`` takes (NumPy arrays, data read from disk);
+        otherwise it is traced, with ``step`` a traced int32 scalar, and must build
+        the batch with JAX operations (e.g. index device arrays it closes over).
       num_steps: total number of updates, counting those of earlier runs.
       workdir: the run directory: ``metrics.jsonl`` and ``checkpoints/`` live here.
       log_every: write a metrics row (and a progress update) every this many
@@ -306,11 +483,22 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
         otherwise), ``"bar"``, ``"lines"`` or ``"none"``.
       donate: donate the state's buffers to each step (updates in place). The
         ``state`` passed in is copied first, so it stays valid.
+      steps_per_call: how many updates one jitted call may run. ``1`` (the
+        default): one call per update, ``batch_fn`` on the host. Any other value
+        (``0``: no bound) traces ``batch_fn`` and runs up to ``K`` updates per call
+        as one ``lax.scan``, ``K`` the largest divisor of
+        ``gcd(log_every, checkpoint_every)`` not above ``steps_per_call``: the way
+        to train small models at accelerator speed. The rows, checkpoints,
+        ``metrics_fn`` calls and errors are the same on both paths; the values agree
+        to float rounding (the scan is compiled as one program).
 
     Returns:
-      ``TrainResult(state, history)``: the state after ``num_steps`` updates and
-      all rows of ``metrics.jsonl``. A workdir whose checkpoint is already at
-      ``num_steps`` returns at once; a larger ``num_steps`` extends the run.
+      ``TrainResult(state, history, timing)``: the state after ``num_steps``
+      updates, all rows of ``metrics.jsonl`` and where this call's time went
+      (:class:`TrainTiming`: the first call alone, with compilation, and the
+      updates per second after it). A workdir whose checkpoint is already at
+      ``num_steps`` returns at once (``timing`` None); a larger ``num_steps``
+      extends the run.
 
     Raises:
       NonFiniteLossError: a loss was nan or ±inf. Before raising, the state after
@@ -320,6 +508,7 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
         it. The check is recorded on the device every step and read at log and
         checkpoint steps.
       ValueError: a checkpoint in ``workdir`` holds a differently shaped state.
+      TypeError: ``steps_per_call != 1`` and ``batch_fn`` cannot be traced.
 
     Example:
       >>> import tempfile
@@ -331,10 +520,19 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
       ...                     progress="none")
       >>> result.state, [row["step"] for row in result.history]
       (Array(2., dtype=float32), [25, 50])
+
+      The same run as two calls of 25 scanned updates (``batch_fn`` traced):
+
+      >>> result = train_loop(jnp.float32(0.0), step_fn, lambda s: jnp.ones(4),
+      ...                     num_steps=50, workdir=tempfile.mkdtemp(), log_every=25,
+      ...                     progress="none", steps_per_call=0)
+      >>> result.state, result.timing.steps_per_call
+      (Array(2., dtype=float32), 25)
     """
     num_steps = _check_int(num_steps, "num_steps", 0)
     log_every = _check_int(log_every, "log_every", 1)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
+    steps_per_call = _check_int(steps_per_call, "steps_per_call", 0)
     _check_callable(step_fn, "step_fn")
     _check_callable(batch_fn, "batch_fn")
     if metrics_fn is not None:
@@ -354,29 +552,44 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
                               f"num_steps={num_steps}; returning it unchanged",
                               RuntimeWarning, stacklevel=2)
             return TrainResult(state, log.read())
+        if steps_per_call != 1:
+            _check_traceable(batch_fn, steps_per_call)
+        stepper = _Stepper(step_fn, batch_fn, donate, steps_per_call, log_every,
+                           checkpoint_every, carry_sharding)
         bar = _Progress(progress, desc, start, num_steps)
         try:
             if restored is not None:
                 bar.message(f"{desc}: resumed from the checkpoint at step {start} "
                             f"in {ckpt.directory}")
-            state = _run(state, initial, step_fn, batch_fn, start, restored is not None,
-                         num_steps, log_every, checkpoint_every, metrics_fn, donate, log, ckpt,
-                         bar, carry_sharding)
+            state, timing = _run(state, initial, stepper, start, restored is not None,
+                                 num_steps, log_every, checkpoint_every, metrics_fn, donate,
+                                 log, ckpt, bar)
         finally:
             bar.close()
-    return TrainResult(state, log.read())
+    return TrainResult(state, log.read(), timing)
 
 
-def _run(state, initial, step_fn, batch_fn, start, restored, num_steps, log_every,
-         checkpoint_every, metrics_fn, donate, log, ckpt, bar, carry_sharding):
-    """The loop. A log step's values are copied to the host asynchronously and
-    written at the next log step (by then long computed), so logging never stalls
-    the device queue; a checkpoint step is checked and written at once, before
-    the save, so nothing reaches a checkpoint unchecked."""
-    jstep = _jitted_step(step_fn, donate)
-    carry = jax.device_put(_carry(start), carry_sharding)
+def _next_boundary(step: int, num_steps: int, log_every: int, checkpoint_every: int) -> int:
+    """The first log or checkpoint step after ``step``."""
+    return min(num_steps, (step // log_every + 1) * log_every,
+               (step // checkpoint_every + 1) * checkpoint_every)
+
+
+def _run(state, initial, stepper, start, restored, num_steps, log_every, checkpoint_every,
+         metrics_fn, donate, log, ckpt, bar):
+    """The loop, from log or checkpoint step to the next. A log step's values are copied
+    to the host asynchronously and written at the next log step (by then long
+    computed), so logging never stalls the device queue; a checkpoint step is checked
+    and written at once, before the save, so nothing reaches a checkpoint unchecked.
+
+    Timing: the first call is waited for (its time is the compilation's). Before
+    ``metrics_fn`` and before a checkpoint the loop waits for the updates to finish
+    anyway (to read their results), so their time is measured apart from the steps'.
+    """
+    carry = jax.device_put(_carry(start), stepper.carry_sharding)
     last_saved = start if restored else None
     pending = None  # (step, metrics, extra metrics, carry) of the last log step
+    eval_s = checkpoint_s = 0.0
 
     def write(done, metrics, extra, carry):
         first_bad, bad_loss = _first_bad(carry)
@@ -384,49 +597,68 @@ def _run(state, initial, step_fn, batch_fn, start, restored, num_steps, log_ever
             saved = first_bad - 1
             log.sync()
             if saved != last_saved:
-                _save_replayed(saved, initial, jstep, batch_fn, donate, ckpt, carry_sharding)
+                _save_replayed(saved, initial, stepper, donate, ckpt)
             raise NonFiniteLossError(first_bad, bad_loss, saved, str(ckpt.directory))
         if metrics is not None:
             row = {**jax.device_get(metrics), **jax.device_get(extra)}
             log.write(done, row, fsync=False)  # flushed: safe from a killed process
             bar.log(done, float(row["loss"]))
 
-    for step in range(start, num_steps):
-        state, metrics, carry = jstep(state, batch_fn(step), carry)
-        done = step + 1
+    done = start
+    while done < num_steps:
+        step, done = done, _next_boundary(done, num_steps, log_every, checkpoint_every)
+        state, metrics, carry = stepper.advance(state, carry, step, done)
         log_now = done % log_every == 0 or done == num_steps
         save_now = done % checkpoint_every == 0 or done == num_steps
-        if not (log_now or save_now):
-            continue
-        extra = dict(metrics_fn(state, done)) if log_now and metrics_fn is not None else {}
+        extra = {}
+        if log_now and metrics_fn is not None:
+            t0 = _ready(carry)
+            extra = dict(metrics_fn(state, done))
+            eval_s += time.perf_counter() - t0
         if pending is not None:
             write(*pending)
             pending = None
         if save_now:
+            t0 = _ready(carry)
             write(done, metrics if log_now else None, extra, carry)
             log.sync()  # the rows up to a checkpoint are on disk before it
             ckpt.save(done, state)
             last_saved = done
+            checkpoint_s += time.perf_counter() - t0
         else:
             for x in jax.tree.leaves((metrics, extra, carry)):
                 if isinstance(x, jax.Array):
                     x.copy_to_host_async()
             pending = (done, metrics, extra, carry)
-    return state  # the last step is a checkpoint step: nothing is pending
+    # the last step is a checkpoint step: nothing is pending, every update is done
+    compile_s, first_steps = stepper.first_call
+    after_first = time.perf_counter() - stepper.first_done_at
+    timing = TrainTiming(compile_s=compile_s, first_steps=first_steps,
+                         steps=num_steps - start - first_steps,
+                         steps_s=max(after_first - eval_s - checkpoint_s, 0.0),
+                         eval_s=eval_s, checkpoint_s=checkpoint_s,
+                         steps_per_call=stepper.length)
+    return state, timing
 
 
-def _save_replayed(target, initial, jstep, batch_fn, donate, ckpt, carry_sharding):
+def _ready(carry: jax.Array) -> float:
+    """Wait until the updates that produced ``carry`` are done; the time then."""
+    carry.block_until_ready()
+    return time.perf_counter()
+
+
+def _save_replayed(target, initial, stepper, donate, ckpt):
     """Checkpoint the state after ``target`` updates (the last with a finite loss).
 
     Every checkpoint of the run was saved after its losses were checked, so the
     newest one is at or before ``target``: restore it (or take the initial state)
     and replay the few updates up to ``target``. The replay runs the same compiled
-    step on the same batches, so it reproduces the original states bit for bit.
+    program on the same batches, split into calls at the same steps (the last one
+    stopped early), so it reproduces the original states bit for bit.
     """
     restored = ckpt.restore_latest(initial)
     base, state = (0, initial) if restored is None else restored
     state, _ = _placed(state, copy=donate and restored is None)
-    carry = jax.device_put(_carry(base), carry_sharding)
-    for step in range(base, target):
-        state, _, carry = jstep(state, batch_fn(step), carry)
+    carry = jax.device_put(_carry(base), stepper.carry_sharding)
+    state, _, carry = stepper.advance(state, carry, base, target, timed=False)
     ckpt.save(target, state)
