@@ -7,14 +7,35 @@ then the callables are called in interleaved rounds (A B C, B C A, ...) so that
 slow drifts of a shared machine hit all of them alike. JAX results are waited
 for with ``jax.block_until_ready``; NumPy, SciPy, scikit-learn and PyTorch CPU
 calls return finished results.
+
+On an accelerator (the ``benchmarks/gpu*.py`` scripts) two more things matter,
+both learnt on an H200 whose first cases ran at idle clocks:
+
+* :func:`warm_up_device` runs a large matrix product until its rate stops rising
+  (the clocks are up) before the first case, and :func:`measure_device` calls each
+  implementation a few times before its timed rounds and once before each of its
+  timed blocks;
+* :func:`measure_device` records two figures per implementation: the *per-call*
+  latency (median of single calls, each waited for) and the *pipelined* time per
+  call (``n`` calls issued back to back, one wait at the end), which hides the
+  host's dispatch cost behind the device's work as a training loop does. An
+  implementation's ``sync`` waits for its result: ``jax.block_until_ready`` by
+  default, ``torch.cuda.synchronize`` for PyTorch on a GPU.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import json
+import os
+import platform
+import shutil
 import statistics
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -37,6 +58,7 @@ class Impl:
     role: str = "peer"
     configs: int = 1
     note: str = ""
+    sync: Callable[[Any], Any] | None = None  # waits for fn's result (measure_device)
 
 
 @dataclasses.dataclass
@@ -125,3 +147,304 @@ def check_close(name: str, got: Any, want: Any, rtol: float, atol: float) -> flo
         raise AssertionError(f"{name}: shape {got.shape} != reference {want.shape}")
     np.testing.assert_allclose(got, want, rtol=rtol, atol=atol, err_msg=name)
     return float(np.max(np.abs(got - want))) if got.size else 0.0
+
+
+# --------------------------------------------------------------------------- accelerators
+
+
+def warm_up_device(min_s: float = 2.0, max_s: float = 10.0, size: int = 8192,
+                   dtype: str = "bfloat16", rise: float = 0.01) -> dict:
+    """Run ``size x size`` matrix products until the device's rate stops rising.
+
+    Bursts of products (each burst about 0.1 s, waited for) run for at least
+    ``min_s`` seconds and then until a burst's rate is no more than ``rise``
+    (relative) above the best of the three bursts before it, or ``max_s`` has
+    passed. An idle GPU starts at low clocks; without this the first case of a
+    benchmark ran at under half its later rate. Returns the rates seen (TFLOP/s).
+    """
+    import jax.numpy as jnp
+
+    a = jax.random.normal(jax.random.key(0), (size, size), jnp.float32).astype(dtype)
+    b = jax.random.normal(jax.random.key(1), (size, size), jnp.float32).astype(dtype)
+    product = jax.jit(lambda a, b: a @ b)
+    jax.block_until_ready(product(a, b))
+    flop = 2.0 * size ** 3
+    start = time.perf_counter()
+    single = _call(lambda: product(a, b))[0]
+    per_burst = max(1, int(0.1 / max(single, 1e-9)))
+    rates: list[float] = []
+    while True:
+        t0 = time.perf_counter()
+        out = None
+        for _ in range(per_burst):
+            out = product(a, b)
+        jax.block_until_ready(out)
+        rates.append(flop * per_burst / (time.perf_counter() - t0) / 1e12)
+        elapsed = time.perf_counter() - start
+        if elapsed >= max_s:
+            break
+        if elapsed >= min_s and len(rates) > 3 and rates[-1] <= max(rates[-4:-1]) * (1 + rise):
+            break
+    return {"seconds": round(time.perf_counter() - start, 3), "matmul": f"{size}x{size} {dtype}",
+            "bursts": len(rates), "calls_per_burst": per_burst,
+            "tflops_first": rates[0], "tflops_last": rates[-1], "tflops_best": max(rates)}
+
+
+@dataclasses.dataclass
+class DeviceTiming:
+    """Per-call and pipelined seconds per call of one implementation (see measure_device)."""
+
+    first_call_s: float
+    per_call_s: float
+    per_call_iqr_s: float
+    pipelined_s: float
+    pipelined_iqr_s: float
+    calls: int
+    rounds: int
+    per_call_times_s: list[float]
+    pipelined_times_s: list[float]
+
+    def record(self) -> dict:
+        return {"first_call_s": self.first_call_s, "per_call_s": self.per_call_s,
+                "per_call_iqr_s": self.per_call_iqr_s, "pipelined_s": self.pipelined_s,
+                "pipelined_iqr_s": self.pipelined_iqr_s, "calls_per_block": self.calls,
+                "rounds": self.rounds,
+                "per_call_times_s": [round(x, 7) for x in self.per_call_times_s],
+                "pipelined_times_s": [round(x, 7) for x in self.pipelined_times_s]}
+
+
+def _sync_of(impl: Impl) -> Callable[[Any], Any]:
+    return impl.sync or jax.block_until_ready
+
+
+def _synced(impl: Impl) -> tuple[float, Any]:
+    sync = _sync_of(impl)
+    start = time.perf_counter()
+    out = impl.fn()
+    sync(out)
+    return time.perf_counter() - start, out
+
+
+def _pipelined(impl: Impl, n: int) -> float:
+    """Seconds per call of ``n`` calls issued back to back with one wait at the end.
+
+    One device executes its programs in the order they were issued, so waiting for
+    the last result waits for all of them.
+    """
+    sync = _sync_of(impl)
+    start = time.perf_counter()
+    out = None
+    for _ in range(n):
+        out = impl.fn()
+    sync(out)
+    return (time.perf_counter() - start) / n
+
+
+def _iqr(xs: list[float]) -> float:
+    q1, q3 = np.percentile(xs, [25, 75])
+    return float(q3 - q1)
+
+
+def measure_device(impls: list[Impl], rounds: int, *, warm_calls: int = 3, block_warm: int = 1,
+                   block_s: float = 0.05, min_calls: int = 3, max_calls: int = 30,
+                   errors: dict[str, str] | None = None,
+                   convert: Callable[[Any], Any] | None = None,
+                   ) -> tuple[dict[str, DeviceTiming], dict[str, Any]]:
+    """Per-call latency and pipelined throughput of every implementation, interleaved.
+
+    1. The first call of each implementation is timed alone (compilation, autotuning)
+       and its result kept for the caller's correctness check.
+    2. Each implementation is then called ``warm_calls`` times (waited for); their
+       median sets its calls per timed block, ``n = block_s / t`` clamped to
+       ``[min_calls, max_calls]``, so that a pipelined block outlasts the host's
+       dispatch of it.
+    3. ``rounds`` rounds follow, the implementations in rotated order (A B C,
+       B C A, ...). In each, an implementation gets ``block_warm`` untimed calls,
+       then ``n`` single calls each waited for (per call), then ``n`` calls back to
+       back waited for once (pipelined).
+
+    ``per_call_s`` is the median of all single calls; ``pipelined_s`` the median over
+    rounds of a block's seconds per call. With ``errors`` (a dict), an implementation
+    whose first call raises (out of memory, unsupported) is recorded there as
+    ``"Type: first line"`` and left out; without it the exception propagates.
+    ``convert`` maps each first result before it is kept (e.g. to a host array, to
+    free device memory).
+    """
+    first, outputs, calls, ran = {}, {}, {}, []
+    for impl in impls:
+        try:
+            first[impl.name], out = _synced(impl)
+        except Exception as e:
+            if errors is None:
+                raise
+            errors[impl.name] = error_text(e)
+            continue
+        outputs[impl.name] = convert(out) if convert else out
+        ran.append(impl)
+    impls = ran
+    for impl in impls:
+        warm = [_synced(impl)[0] for _ in range(warm_calls)] or [first[impl.name]]
+        calls[impl.name] = int(min(max_calls, max(min_calls, round(
+            block_s / max(statistics.median(warm), 1e-9)))))
+    single: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    piped: dict[str, list[float]] = {impl.name: [] for impl in impls}
+    for r in range(rounds):
+        order = impls[r % len(impls):] + impls[:r % len(impls)]
+        for impl in order:
+            for _ in range(block_warm):
+                _synced(impl)
+            n = calls[impl.name]
+            single[impl.name].extend(_synced(impl)[0] for _ in range(n))
+            piped[impl.name].append(_pipelined(impl, n))
+    timings = {}
+    for impl in impls:
+        s, p = single[impl.name], piped[impl.name]
+        timings[impl.name] = DeviceTiming(
+            first_call_s=first[impl.name], per_call_s=statistics.median(s),
+            per_call_iqr_s=_iqr(s), pipelined_s=statistics.median(p), pipelined_iqr_s=_iqr(p),
+            calls=calls[impl.name], rounds=rounds, per_call_times_s=s, pipelined_times_s=p)
+    return timings, outputs
+
+
+TIMINGS = ("per_call", "pipelined")
+
+
+def error_text(e: BaseException, limit: int = 300) -> str:
+    """``"Type: first line of the message"``, at most ``limit`` characters of it."""
+    lines = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {(lines[0] if lines else '')[:limit]}"
+
+
+def torch_sync() -> Callable[[Any], Any]:
+    """The ``sync`` of a PyTorch implementation: ``torch.cuda.synchronize`` on a GPU."""
+    import torch
+
+    if torch.cuda.is_available():
+        return lambda out: torch.cuda.synchronize()
+    return lambda out: out
+
+
+def to_torch(x: Any) -> Any:
+    """A JAX array as a torch tensor on torch's device (zero-copy through DLPack if it can)."""
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        t = torch.from_dlpack(x)
+    except Exception:  # no DLPack for this dtype or device: copy through the host
+        dtype = str(x.dtype)
+        host = np.asarray(x) if dtype == "bool" else np.asarray(x, np.float32)
+        t = torch.from_numpy(host).to(getattr(torch, dtype))
+    return t.to(device)
+
+
+def summarise_device(description: str, impls: list[Impl], timings: dict[str, DeviceTiming],
+                     goal: float, goal_text: str, extra: dict | None = None) -> dict:
+    """The JSON record of a device benchmark: both timings, ratios and pass/miss.
+
+    Like :func:`summarise`, per timing (``per_call`` and ``pipelined``): the ratio
+    is (seconds per configuration of the fastest peer) / (the subject's); the
+    benchmark passes only if both ratios reach ``goal``.
+    """
+    peers = [i.name for i in impls if i.role == "peer"]
+    subject = next(i.name for i in impls if i.role == "jaxmath")
+    results = {i.name: {"role": i.role, **timings[i.name].record(),
+                        "configs_per_call": i.configs,
+                        **({"note": i.note} if i.note else {})} for i in impls}
+    ratio, fastest = {}, {}
+    for kind in TIMINGS:
+        per_config = {i.name: getattr(timings[i.name], f"{kind}_s") / i.configs for i in impls}
+        fastest[kind] = min(peers, key=per_config.__getitem__)
+        for i in impls:
+            results[i.name][f"configs_per_s_{kind}"] = 1 / per_config[i.name]
+            results[i.name].setdefault("speedup_vs_fastest_peer", {})[kind] = (
+                per_config[fastest[kind]] / per_config[i.name])
+        ratio[kind] = results[subject]["speedup_vs_fastest_peer"][kind]
+    return {
+        "description": description,
+        "implementations": results,
+        "subject": subject,
+        "fastest_peer": fastest,
+        "ratio": ratio,
+        "goal": goal,
+        "goal_text": goal_text,
+        "status": "pass" if min(ratio.values()) >= goal else "miss",
+        **(extra or {}),
+    }
+
+
+def nvidia_smi_names() -> list[str] | None:
+    if shutil.which("nvidia-smi") is None:
+        return None
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name,driver_version",
+                              "--format=csv,noheader"], capture_output=True, text=True,
+                             timeout=20, check=True).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return [line.strip() for line in out.splitlines() if line.strip()]
+
+
+def git_commit() -> str | None:
+    """The checkout's commit (with ``-dirty`` if files differ), or $JAXMATH_COMMIT."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"],
+                              capture_output=True, text=True, timeout=10, check=True)
+        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain",
+                                "--untracked-files=no"], capture_output=True, text=True,
+                               timeout=20, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return os.environ.get("JAXMATH_COMMIT")
+    return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+
+
+def device_info() -> dict:
+    """The device's names (nvidia-smi, JAX, PyTorch), versions, commit and date of a record."""
+    info = {"nvidia_smi": nvidia_smi_names(),
+            "jax_backend": jax.default_backend(),
+            "jax_devices": [d.device_kind for d in jax.devices()],
+            "jax": jax.__version__, "python": platform.python_version()}
+    try:
+        import jaxlib
+        info["jaxlib"] = jaxlib.__version__
+    except (ImportError, AttributeError):
+        info["jaxlib"] = None
+    try:
+        import torch
+        info["torch"] = torch.__version__
+        info["torch_device"] = (torch.cuda.get_device_name(0) if torch.cuda.is_available()
+                                else "cpu")
+    except ImportError:
+        info["torch"] = None
+    if info["nvidia_smi"]:
+        info["name"] = info["nvidia_smi"][0].split(",")[0]
+    elif info["jax_backend"] == "cpu":
+        from benchmarks.run import _cpu_model
+        info["name"] = f"{_cpu_model()} ({os.cpu_count()} cores)"
+    else:
+        info["name"] = info["jax_devices"][0]
+    info["commit"] = git_commit()
+    info["date"] = datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds")
+    return info
+
+
+def merge_record(path: Path, key: str, record: dict) -> None:
+    """Write ``record`` as ``path[key]`` atomically, keeping the file's other entries.
+
+    The file is replaced in one rename, and the read-modify-write holds a lock on
+    its folder, so scripts that merge into the same file never lose each other's keys.
+    """
+    import fcntl
+
+    from benchmarks.run import write_json_atomic
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    folder = os.open(path.parent, os.O_RDONLY)
+    try:
+        fcntl.flock(folder, fcntl.LOCK_EX)
+        data = json.loads(path.read_text()) if path.exists() else {}  # unreadable: raise
+        data[key] = json.loads(json.dumps(record, default=str))
+        write_json_atomic(path, data)
+    finally:
+        os.close(folder)  # releases the lock
