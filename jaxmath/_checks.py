@@ -13,6 +13,7 @@ checks, reported when the caller wraps the function in ``checkify.checkify``.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Sequence
 
 import jax
@@ -62,9 +63,12 @@ def check_ndim(x: jax.Array, name: str, ndim: int | Sequence[int] | None = None,
             f"{name} must have rank >= {min_ndim}, got shape {tuple(x.shape)}")
 
 
-def check_nonempty(x: jax.Array, name: str, axis: int | None = None) -> None:
-    """Raise ValueError if ``x`` has no elements (or none along ``axis``)."""
-    size = x.size if axis is None else x.shape[axis]
+def check_nonempty(x: jax.Array, name: str, axis: int | tuple[int, ...] | None = None) -> None:
+    """Raise ValueError if ``x`` has no elements (or none along ``axis``, an axis or axes)."""
+    if axis is None:
+        size = x.size
+    else:
+        size = math.prod(x.shape[a] for a in ((axis,) if isinstance(axis, int) else axis))
     if size == 0:
         where = "" if axis is None else f" along axis {axis}"
         raise ValueError(f"{name} must not be empty{where}, got shape {tuple(x.shape)}")
@@ -78,6 +82,39 @@ def check_axis(x: jax.Array, axis: int, name: str) -> int:
         raise ValueError(
             f"axis {axis} is out of range for {name} of shape {tuple(x.shape)}")
     return int(axis) % max(x.ndim, 1)
+
+
+def check_axes(x: jax.Array, axis: int | Sequence[int], name: str, arg: str = "axis",
+               allow_empty: bool = False) -> tuple[int, ...]:
+    """``axis`` (an int or a sequence of ints) as a tuple of normalised axes of ``x``.
+
+    The order given is kept (it matters where axes are flattened together). Raises
+    TypeError for a non-integer axis, ValueError naming the offending axes when one
+    is out of range or one axis is named twice (also as ``1`` and ``-1``), and, unless
+    ``allow_empty``, when no axis is named.
+    """
+    if isinstance(axis, int | np.integer):
+        return (check_axis(x, axis, name),)
+    if not isinstance(axis, Sequence) or isinstance(axis, str) or not all(
+            isinstance(a, int | np.integer) for a in axis):
+        raise TypeError(f"{arg} must be an int or a tuple of ints, got {axis!r}")
+    given = tuple(int(a) for a in axis)
+    if not given and not allow_empty:
+        raise ValueError(f"{arg} must name at least one axis of {name}, got {axis!r}")
+    shape = tuple(x.shape)
+    bad = [a for a in given if not -x.ndim <= a < x.ndim]
+    if bad:
+        raise ValueError(f"{arg} {given} is out of range for {name} of shape {shape}: "
+                         f"{', '.join(map(str, bad))} not in [{-x.ndim}, {x.ndim})")
+    norm = tuple(a % x.ndim for a in given)
+    repeated = sorted({a for a in norm if norm.count(a) > 1})
+    if repeated:
+        twice = "; ".join(
+            " and ".join(str(g) for g, n in zip(given, norm, strict=True) if n == r)
+            + f" are both axis {r}" for r in repeated)
+        raise ValueError(f"{arg} must not repeat an axis, got {given} for {name} of shape "
+                         f"{shape} ({twice})")
+    return norm
 
 
 def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> None:
@@ -125,17 +162,79 @@ def check_values(ok: jax.Array, message: str) -> None:
         checkify.check(jnp.all(ok), message)
 
 
-def check_distribution(p: jax.Array, name: str, axis: int = -1) -> None:
-    """Require entries in [0, 1] that sum to 1 along ``axis`` (see module docstring)."""
+def check_distribution(p: jax.Array, name: str, axis: int | tuple[int, ...] = -1,
+                       where: jax.Array | None = None) -> None:
+    """Require entries in [0, 1] that sum to 1 along ``axis`` (an axis or axes; see the
+    module docstring). With a mask ``where`` only the included entries are checked and
+    they must sum to 1 on every row that has one; a row with none is not checked."""
     tol = _SUM_TOL[jnp.dtype(p.dtype).itemsize]
-    ok = (jnp.all((p >= 0) & (p <= 1))
-          & jnp.all(jnp.abs(jnp.sum(p, axis=axis) - 1) <= tol * p.shape[axis]))
+    axes = (axis,) if isinstance(axis, int) else tuple(axis)
+    n = math.prod(p.shape[a] for a in axes)
+    if where is None:
+        ok = (jnp.all((p >= 0) & (p <= 1))
+              & jnp.all(jnp.abs(jnp.sum(p, axis=axis) - 1) <= tol * n))
+    else:
+        where = jnp.broadcast_to(where, p.shape)
+        p = jnp.where(where, p, 0)
+        counted = jnp.any(where, axis=axis)
+        ok = (jnp.all((p >= 0) & (p <= 1))
+              & jnp.all(~counted | (jnp.abs(jnp.sum(p, axis=axis) - 1) <= tol * n)))
     check_values(ok, f"{name} must hold probabilities in [0, 1] summing to 1 along "
                      f"axis {axis}; got shape {tuple(p.shape)} with values outside that")
 
 
-def check_probability(p: jax.Array, name: str) -> None:
-    """Require every entry of ``p`` to lie in [0, 1] (see module docstring)."""
-    check_values(jnp.all((p >= 0) & (p <= 1)),
+def check_probability(p: jax.Array, name: str, where: jax.Array | None = None) -> None:
+    """Require every entry of ``p`` (every one ``where`` includes) to lie in [0, 1]."""
+    inside = (p >= 0) & (p <= 1)
+    if where is not None:
+        inside = inside | ~where
+    check_values(jnp.all(inside),
                  f"{name} must hold probabilities in [0, 1]; got shape "
                  f"{tuple(p.shape)} with values outside that")
+
+
+def check_mask(where: ArrayLike | None, shape: tuple[int, ...], target: str,
+               rows: tuple[int, ...] | None = None) -> jax.Array | None:
+    """``where`` checked as a boolean mask of the entries of an array of ``shape`` that
+    count (True = include, jax.nn's rule); None stays None.
+
+    The mask must broadcast to ``shape`` (NumPy's right-aligned rule) without enlarging
+    it. With ``rows`` (the axes a function reduces), a mask that does not may instead
+    broadcast to ``shape`` without those axes -- one flag per reduced row -- and is
+    returned with size-1 axes inserted at ``rows``, so that it broadcasts to ``shape``;
+    a mask that fits both readings is read the first way. Raises TypeError for a
+    non-boolean mask and ValueError naming the shapes when it fits no reading.
+    """
+    if where is None:
+        return None
+    try:
+        mask = jnp.asarray(where)
+    except TypeError as e:
+        raise TypeError(f"where must be a boolean mask, got {type(where).__name__}") from e
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"where must be a boolean mask (True = include), got dtype {mask.dtype}")
+    shape, wshape = tuple(shape), tuple(mask.shape)
+    try:
+        fits = tuple(np.broadcast_shapes(shape, wshape)) == shape
+    except ValueError:
+        fits = False
+        if rows is None:
+            raise ValueError(f"shapes do not broadcast: {target}.shape={shape}, "
+                             f"where.shape={wshape}") from None
+    if fits:
+        return mask
+    if rows is None:
+        raise ValueError(f"where must broadcast to the shape of {target} {shape}, got "
+                         f"where.shape={wshape}")
+    row_shape = tuple(n for i, n in enumerate(shape) if i not in rows)
+    try:
+        fits_rows = tuple(np.broadcast_shapes(row_shape, wshape)) == row_shape
+    except ValueError:
+        fits_rows = False
+    if not fits_rows:
+        raise ValueError(
+            f"where.shape={wshape} fits neither reading of a mask: it must broadcast to "
+            f"{target}.shape={shape} (a mask of entries) or to {row_shape}, the shape "
+            f"without the reduced axes {tuple(rows)} (a mask of rows)")
+    mask = mask.reshape((1,) * (len(row_shape) - mask.ndim) + wshape)
+    return jnp.expand_dims(mask, tuple(sorted(rows)))

@@ -375,6 +375,24 @@ def test_gradients_match_torch(rng):
                                pt.grad.numpy(), rtol=GRAD_RTOL, atol=F32_ATOL)
 
 
+# A fixed mask of SHAPE: row 1 is fully masked.
+MASK = np.array([[True, True, False, True, False],
+                 [False, False, False, False, False],
+                 [True, True, True, True, True]])
+
+MASKED_AND_TUPLE_AXES = [
+    ("entropy_where", lambda p, q: entropy(p, where=MASK)),
+    ("kl_where", lambda p, q: kl_divergence(p, q, where=MASK)),
+    ("cross_entropy_where", lambda p, q: cross_entropy(p, q, where=MASK)),
+    ("js_where", lambda p, q: js_divergence(p, q, where=MASK, base=2)),
+    ("bce_where", lambda p, q: binary_cross_entropy(p, q, where=MASK)),
+    ("entropy_axes", lambda p, q: entropy(p / 3, axis=(-1, 0))),
+    ("kl_axes", lambda p, q: kl_divergence(p / 3, q / 3, axis=(0, 1))),
+    ("cross_entropy_axes_where", lambda p, q: cross_entropy(p[None], q[None], axis=(2, 0),
+                                                            where=MASK[None])),
+    ("js_axes", lambda p, q: js_divergence(p / 3, q / 3, axis=(1, 0))),
+]
+
 CHECK_GRADS = [
     ("entropy", lambda p, q: entropy(p)),
     ("kl", kl_divergence),
@@ -389,6 +407,7 @@ CHECK_GRADS = [
     ("conditional_probability", lambda p, q: conditional_probability(p * q, q)),
     ("joint_probability", joint_probability),
     ("marginal", lambda p, q: marginal(p * q, 1)),
+    *MASKED_AND_TUPLE_AXES,
 ]
 
 
@@ -418,6 +437,7 @@ ALL = [
     ("bce", binary_cross_entropy),
     ("js", js_divergence),
     ("mi", lambda p, q: mutual_information(p / 3.0)),
+    *MASKED_AND_TUPLE_AXES,
 ]
 
 
@@ -561,3 +581,310 @@ def test_entropy_on_accelerators_is_the_plain_xlogy_program(platform):
     assert _hlo_ops(entropy, p, platform=platform) == want
     assert "minimum" not in _hlo_ops(kl_divergence, p, p, platform=platform)
     assert "select" not in _hlo_ops(entropy, p, platform="cpu")  # the vectorising form
+
+
+# ---------------------------------------------------------------------------
+# Masks (where=), tuple axes and exact zeros
+
+MEASURES = {
+    "entropy": lambda p, q, **kw: entropy(p, **kw),
+    "kl": kl_divergence,
+    "cross_entropy": cross_entropy,
+    "js": js_divergence,
+}
+
+
+def _deleted_reference(name, p, q, mask, base=None):
+    """The measure of each row of float64 ``p`` and ``q`` with the masked entries
+    deleted, from SciPy's elementwise functions (no renormalisation)."""
+    out = []
+    for a_row, b_row, m_row in zip(p, q, mask, strict=True):
+        a, b = a_row[m_row], b_row[m_row]
+        if name == "entropy":
+            terms = scipy.special.entr(a)
+        elif name == "kl":
+            terms = scipy.special.rel_entr(a, b)
+        elif name == "cross_entropy":
+            terms = -scipy.special.xlogy(a, b)
+        else:
+            m = (a + b) / 2
+            terms = 0.5 * (scipy.special.rel_entr(a, m) + scipy.special.rel_entr(b, m))
+        out.append(terms.sum())
+    out = np.array(out)
+    return out if base is None else out / np.log(base)
+
+
+def _garbage(p, q, mask):
+    """``p`` and ``q`` with every masked entry overwritten by values that would poison
+    an unmasked result: inf, NaN, negative numbers and q = 0 < p pairs."""
+    p, q = p.copy(), q.copy()
+    junk_p = np.resize([np.inf, np.nan, 0.7, -1.0, 0.9], int((~mask).sum()))
+    junk_q = np.resize([0.0, 0.5, 0.0, np.nan, -np.inf], int((~mask).sum()))
+    p[~mask], q[~mask] = junk_p, junk_q
+    return p, q
+
+
+def _is_plus_zero(x) -> bool:
+    """Every entry is +0.0, bit for bit (not -0.0, not a tiny rounding residue)."""
+    x = np.asarray(x)
+    return bool(np.all(x == 0) and not np.any(np.signbit(x)))
+
+
+@pytest.mark.parametrize("base", [None, 2])
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_masked_measures_equal_deleting_entries(name, base, rng):
+    p, q = _dist(rng, zeros=True), _dist(rng)
+    want = _deleted_reference(name, p, q, MASK, base)
+    p_bad, q_bad = _garbage(p, q, MASK)
+    fn = MEASURES[name]
+    got = np.asarray(fn(p_bad, q_bad, base=base, where=MASK))
+    np.testing.assert_allclose(got, want, rtol=F32_RTOL, atol=F32_ATOL)
+    assert got[1] == 0  # the fully masked row
+    jitted = jax.jit(lambda p, q, m: fn(p, q, base=base, where=m))(p_bad, q_bad, MASK)
+    np.testing.assert_allclose(np.asarray(jitted), got, rtol=F32_RTOL, atol=F32_ATOL)
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_masked_entries_get_zero_finite_gradients(name, rng):
+    p, q = _garbage(_dist(rng, zeros=True), _dist(rng), MASK)
+    fn = MEASURES[name]
+    g = jax.jit(jax.grad(lambda p, q: jnp.sum(fn(p, q, where=MASK)), argnums=(0, 1)))(p, q)
+    for x in map(np.asarray, g):
+        assert np.all(np.isfinite(x))
+        np.testing.assert_array_equal(x[~MASK], 0.0)
+    np.testing.assert_array_equal(np.asarray(fn(p, q, where=np.zeros(SHAPE, bool))), 0.0)
+
+
+def test_masks_broadcast_against_the_inputs(rng):
+    p, q = _dist(rng), _dist(rng)
+    cols = np.array([True, False, True, True, False])
+    for fn in MEASURES.values():
+        np.testing.assert_array_equal(np.asarray(fn(p, q, where=cols)),
+                                      np.asarray(fn(p, q, where=np.broadcast_to(cols, SHAPE))))
+    # One q for every row of p; the mask may have the broadcast shape.
+    np.testing.assert_allclose(np.asarray(kl_divergence(p, q[0], where=MASK)),
+                               _deleted_reference("kl", p, np.broadcast_to(q[0], SHAPE), MASK),
+                               rtol=F32_RTOL, atol=F32_ATOL)
+
+
+def test_masked_validate_checks_the_included_entries():
+    p = jnp.array([[0.5, 0.5, 7.0], [jnp.nan, -1.0, 2.0]])
+    m = jnp.array([[True, True, False], [False, False, False]])
+    assert float(entropy(p, base=2, validate=True, where=m)[0]) == 1.0
+    with pytest.raises(ValueError, match="p must hold probabilities"):
+        entropy(jnp.array([0.5, 0.4, 0.1]), validate=True, where=jnp.array([True, True, False]))
+    with pytest.raises(ValueError, match="y_pred must hold probabilities"):
+        binary_cross_entropy(jnp.ones(2), jnp.array([0.5, 2.0]), validate=True,
+                             where=jnp.array([True, True]))
+    binary_cross_entropy(jnp.ones(2), jnp.array([0.5, 2.0]), validate=True,
+                         where=jnp.array([True, False]))
+
+
+def test_binary_cross_entropy_where(rng):
+    y = (rng.random(SHAPE) < 0.5).astype(np.float64)
+    y_hat = rng.uniform(0.01, 0.99, SHAPE)
+    keep = MASK | (np.arange(5) == 4)  # row 1 keeps one element
+    want = sklearn.metrics.log_loss(y[keep], y_hat[keep], labels=[0.0, 1.0])
+    y_bad, y_hat_bad = y.copy(), y_hat.copy()
+    y_bad[~keep] = np.resize([1.0, np.nan, 0.0], int((~keep).sum()))
+    y_hat_bad[~keep] = np.resize([0.0, 0.5, np.inf], int((~keep).sum()))
+    assert float(binary_cross_entropy(y_bad, y_hat_bad, where=keep)) == pytest.approx(
+        want, rel=F32_RTOL)
+    assert float(jax.jit(binary_cross_entropy)(y_bad, y_hat_bad, where=keep)) == pytest.approx(
+        want, rel=F32_RTOL)
+    g = jax.grad(binary_cross_entropy, argnums=(0, 1))(y_bad, y_hat_bad, where=keep)
+    for x in map(np.asarray, g):
+        assert np.all(np.isfinite(x))
+        np.testing.assert_array_equal(x[~keep], 0.0)
+    # The gradient on the included elements is that of the mean over them alone.
+    g_kept = jax.grad(binary_cross_entropy, argnums=1)(y[keep], y_hat[keep])
+    np.testing.assert_allclose(np.asarray(g[1])[keep], np.asarray(g_kept), rtol=F32_RTOL)
+    # Nothing included: exactly 0 with zero gradient. A mask broadcasts to both inputs.
+    none = np.zeros(SHAPE, bool)
+    assert _is_plus_zero(binary_cross_entropy(y_bad, y_hat_bad, where=none))
+    g = jax.grad(binary_cross_entropy, argnums=1)(y_bad, y_hat_bad, where=none)
+    np.testing.assert_array_equal(np.asarray(g), 0.0)
+    rows = np.array([[True], [False], [True]])
+    assert float(binary_cross_entropy(y[0], y_hat, where=rows)) == pytest.approx(
+        float(binary_cross_entropy(y[0], y_hat[[0, 2]])), rel=F32_RTOL)
+
+
+@pytest.mark.parametrize("axis", [(1, 2), (2, 1), (-1, 0), [0, 2]])
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_tuple_axes_match_scipy_on_flattened_rows(name, axis, rng):
+    shape = (2, 3, 4)
+    norm = tuple(a % 3 for a in axis)
+    p, q = rng.random(shape), rng.random(shape) + 0.1
+    p[p < 0.3] = 0.0
+    p, q = p / p.sum(norm, keepdims=True), q / q.sum(norm, keepdims=True)
+
+    size = int(np.prod([shape[a] for a in norm]))
+
+    def rows(x):  # the reduced axes last, flattened
+        return np.moveaxis(x, norm, (-2, -1)).reshape(-1, size)
+
+    got = np.asarray(MEASURES[name](p, q, axis=axis, validate=True))
+    everything = np.ones((rows(p).shape[0], size), bool)
+    want = _deleted_reference(name, rows(p), rows(q), everything)
+    assert got.shape == tuple(n for i, n in enumerate(shape) if i not in norm)
+    np.testing.assert_allclose(got.reshape(-1), want, rtol=F32_RTOL, atol=F32_ATOL)
+    # With a mask over the reduced axes: deleting the masked entries.
+    m = rng.random(shape) < 0.6
+    got = np.asarray(MEASURES[name](p, q, axis=axis, where=m))
+    want = _deleted_reference(name, rows(p), rows(q), rows(m))
+    np.testing.assert_allclose(got.reshape(-1), want, rtol=F32_RTOL, atol=F32_ATOL)
+
+
+def test_tuple_axes_validate():
+    p = np.full((2, 3), 1 / 6)
+    assert float(entropy(p, axis=(0, 1), validate=True)) == pytest.approx(np.log(6),
+                                                                          rel=F32_RTOL)
+    with pytest.raises(ValueError, match=r"summing to 1 along axis 1"):
+        entropy(p, axis=1, validate=True)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("shape", [(5,), (7, 13), (64, 1000), (2, 3, 4)])
+def test_exact_zeros(dtype, shape, rng):
+    """KL(p || p) and JS(p, p) are +0.0 bit for bit, the entropy of a one-hot is 0:
+    eager and jitted, with zeros in the rows, in float32 and float64."""
+    with jax.enable_x64(dtype == np.float64):
+        p = _dist(rng, shape, zeros=True).astype(dtype)
+        mask = rng.random(shape) < 0.7
+        for f in (kl_divergence, js_divergence):
+            for out in (f(p, p.copy()), jax.jit(f)(p, p.copy()), jax.jit(lambda a, f=f: f(a, a))(p),
+                        f(p, p, base=2), f(p, p.copy(), where=mask),
+                        jax.jit(lambda a, b, m, f=f: f(a, b, where=m))(p, p.copy(), mask)):
+                assert out.dtype == dtype
+                assert _is_plus_zero(out), (f.__name__, np.asarray(out))
+        one_hot = np.eye(shape[-1], dtype=dtype)[rng.integers(0, shape[-1], shape[:-1])]
+        for out in (entropy(one_hot), jax.jit(entropy)(one_hot), entropy(one_hot, base=2),
+                    entropy(one_hot, where=mask)):
+            np.testing.assert_array_equal(np.asarray(out), 0.0)
+
+
+@given(weights, weights)
+def test_exact_zeros_law(w, v):
+    for dtype in (np.float32, np.float64):
+        with jax.enable_x64(dtype == np.float64):
+            p = _normalise(w).astype(dtype)
+            assert _is_plus_zero(kl_divergence(p, p.copy()))
+            assert _is_plus_zero(js_divergence(p, p.copy()))
+            assert _is_plus_zero(kl_divergence(p, p.copy(), where=v > 0.5))
+            one_hot = np.eye(SHAPE[-1], dtype=dtype)[np.argmax(w, -1)]
+            np.testing.assert_array_equal(np.asarray(entropy(one_hot)), 0.0)
+
+
+@given(weights, weights, hnp.arrays(np.bool_, SHAPE))
+def test_masking_an_entry_equals_deleting_it(w, v, mask):
+    p, q = _normalise(w), _normalise(v + 1e-3)
+    for name, fn in MEASURES.items():
+        np.testing.assert_allclose(np.asarray(fn(p, q, where=mask)),
+                                   _deleted_reference(name, p, q, mask),
+                                   rtol=F32_RTOL, atol=F32_LOOSE, err_msg=name)
+
+
+garbage = hnp.arrays(np.float32, (2, SHAPE[-1]), elements=st.floats(width=32))  # inf, NaN too
+
+
+MASKED_GRADS = {name: jax.jit(jax.grad(lambda p, q, m, fn=fn: jnp.sum(fn(p, q, where=m)),
+                                       argnums=(0, 1))) for name, fn in MEASURES.items()}
+
+
+@given(weights, garbage, garbage)
+def test_fully_masked_rows_give_zero_with_zero_gradient(w, junk_p, junk_q):
+    p, q = _normalise(w), _normalise(w[::-1] + 0.1)
+    p[1:], q[1:] = junk_p, junk_q
+    mask = np.zeros(SHAPE, bool)
+    mask[0] = True
+    for name, fn in MEASURES.items():
+        out = np.asarray(fn(p, q, where=mask))
+        np.testing.assert_array_equal(out[1:], 0.0, err_msg=name)
+        assert np.isfinite(out[0]), name
+        for x in map(np.asarray, MASKED_GRADS[name](p, q, mask)):
+            assert np.all(np.isfinite(x)), name
+            np.testing.assert_array_equal(x[1:], 0.0, err_msg=name)
+    assert _is_plus_zero(binary_cross_entropy(p, q, where=np.zeros(SHAPE, bool)))
+
+
+def test_masked_kernels_match_unmasked_ones_without_a_mask(rng):
+    """An all-True mask changes nothing but the program (a select per input)."""
+    p, q = _f32(_dist(rng, zeros=True)), _f32(_dist(rng))
+    everything = np.ones(SHAPE, bool)
+    for fn in MEASURES.values():
+        np.testing.assert_allclose(np.asarray(fn(p, q, where=everything)),
+                                   np.asarray(fn(p, q)), rtol=F32_RTOL, atol=F32_ATOL)
+
+
+BAD_MASKS_AND_AXES = [
+    (lambda: entropy(P3, where=jnp.ones(3)), TypeError,
+     "where must be a boolean mask .True = include., got dtype float32"),
+    (lambda: js_divergence(P3, P3, where=[1, 0, 1]), TypeError, "got dtype int32"),
+    (lambda: entropy(P3, where=jnp.ones(4, bool)), ValueError,
+     r"shapes do not broadcast: p.shape=\(3,\), where.shape=\(4,\)"),
+    (lambda: entropy(P3, where=jnp.ones((2, 3), bool)), ValueError,
+     r"where must broadcast to the shape of p \(3,\), got where.shape=\(2, 3\)"),
+    (lambda: kl_divergence(P3, jnp.ones((2, 3)) / 3, where=jnp.ones(2, bool)), ValueError,
+     r"broadcast\(p, q\).shape=\(2, 3\), where.shape=\(2,\)"),
+    (lambda: cross_entropy(P3, P3, where=jnp.ones((3, 1), bool)), ValueError,
+     r"where must broadcast to the shape of p \(3,\)"),
+    (lambda: binary_cross_entropy(jnp.ones(3), P3, where=jnp.ones(2, bool)), ValueError,
+     r"y_true.shape=\(3,\), where.shape=\(2,\)"),
+    (lambda: binary_cross_entropy(jnp.ones(3), P3, where=jnp.ones(3)), TypeError,
+     "where must be a boolean mask"),
+    (lambda: entropy(jnp.ones((2, 3)) / 6, axis=(0, 0)), ValueError,
+     r"axis must not repeat an axis, got \(0, 0\) for p of shape \(2, 3\) "
+     r"\(0 and 0 are both axis 0\)"),
+    (lambda: kl_divergence(jnp.ones((2, 3)) / 6, jnp.ones((2, 3)) / 6, axis=(1, -1)),
+     ValueError, r"1 and -1 are both axis 1"),
+    (lambda: kl_divergence(jnp.ones((2, 3)) / 6, jnp.ones((2, 3)) / 6, axis=(0, 2, -3)),
+     ValueError, r"axis \(0, 2, -3\) is out of range for p of shape \(2, 3\): 2, -3 not in "
+                 r"\[-2, 2\)"),
+    (lambda: cross_entropy(P3, P3, axis=()), ValueError,
+     r"axis must name at least one axis of p, got \(\)"),
+    (lambda: js_divergence(P3, P3, axis=(0, 1.0)), TypeError,
+     r"axis must be an int or a tuple of ints, got \(0, 1.0\)"),
+    (lambda: entropy(P3, axis="0"), TypeError, "axis must be an int or a tuple of ints"),
+    (lambda: entropy(jnp.zeros((2, 0, 3)), axis=(2, 1)), ValueError,
+     r"p must not be empty along axis \(2, 1\)"),
+    (lambda: jax.jit(lambda p: entropy(p, axis=(0, -1)))(P3), ValueError, "must not repeat"),
+    (lambda: jax.jit(lambda p, m: kl_divergence(p, p, where=m))(P3, jnp.ones(2, bool)),
+     ValueError, "shapes do not broadcast"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "match"), BAD_MASKS_AND_AXES)
+def test_bad_masks_and_axes(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+def test_rel_entr_formulations_agree():
+    """The CPU and GPU/TPU kernels of x log(x / y) agree with scipy.special.rel_entr on
+    every input a measure takes, NaN in y propagating; like _xlogy they differ at
+    x = 0, y = inf only."""
+    from jaxmath.probability import _rel_entr_minmax, _rel_entr_select
+
+    want = scipy.special.rel_entr(XLOGY_X.astype(np.float64), XLOGY_Y).astype(np.float32)
+    want[-1] = -np.inf  # rel_entr is inf for y = inf (a convention); x log(x / inf) -> -inf
+    for kernel in (_rel_entr_minmax, _rel_entr_select):
+        got = np.asarray(kernel(XLOGY_X, XLOGY_Y))
+        np.testing.assert_allclose(got, want, rtol=F32_RTOL, atol=0)
+        assert np.all(np.asarray(kernel(XLOGY_X, XLOGY_X)) == 0)  # exactly 0 where x == y
+    assert np.isnan(_rel_entr_minmax(np.float32(0), np.float32(np.inf)))
+    assert _rel_entr_select(np.float32(0), np.float32(np.inf)) == 0
+
+
+@pytest.mark.parametrize("platform", ["cuda", "tpu"])
+def test_kl_on_accelerators_is_the_plain_select_program(platform):
+    """On a GPU or TPU KL compiles to sum(where(p != 0, p (log p - log q), 0)): two logs
+    and one product per term, no extra work; on CPU it keeps the vectorising min/max form.
+    Without where= no mask is compiled in: a single select (the x = 0 test) per term."""
+    p = jnp.full((4, 8), 1 / 8)
+    want = _hlo_ops(lambda p, q: jnp.sum(jnp.where((p != 0) | jnp.isnan(q),
+                                                   p * (jnp.log(p) - jnp.log(q)), 0), -1),
+                    p, p, platform=platform)
+    assert _hlo_ops(kl_divergence, p, p, platform=platform) == want
+    for fn in (kl_divergence, js_divergence, cross_entropy):
+        assert "select" not in _hlo_ops(fn, p, p, platform="cpu"), fn.__name__
+    assert _hlo_ops(entropy, p, platform=platform)["select"] == 1
