@@ -4,7 +4,7 @@
     python3 -m benchmarks.gpu --only kernels,sweep    # some parts
     python3 -m benchmarks.gpu --skip experiments      # all but some
     python3 -m benchmarks.gpu --smoke --output /tmp/gpu.json   # tiny sizes, any machine
-    python3 -m benchmarks.gpu --output $OUT/gpu.json --log-dir $OUT/logs
+    python3 -m benchmarks.gpu --output $OUT/gpu.json --log-dir $OUT/logs --budget-s 540
 
 The parts, in the order they run, with their expected time on one NVIDIA H200
 (start-up and device warm-up included) and the keys they write:
@@ -18,17 +18,23 @@ sweep           ~80 s    sweep, gd_sweep           benchmarks/gpu_sweep.py: 16,3
                                                    MLP sweep; gradient_descent_sweep
 attention       ~180 s   attention                 benchmarks/gpu_attention.py: 20 cases,
                                                    bf16/f32, mask, bias, pallas, L = 65536
-experiments     its own  experiments.py's          benchmarks/experiments.py, if present:
+experiments     ~200 s   experiments               benchmarks/experiments.py, if present:
                                                    each experiment's default config
 ==============  =======  ========================  ==========================================
 
-About 5 minutes without experiments. Each part runs in its own process (its GPU
-memory is freed for the next, and a crash costs that part only), under a time
-limit of ``--timeout-scale`` (default 2) times its expected time, and merges its
-records into the output file as it finishes: atomically, keeping every other key,
-so a run cut short keeps the parts that finished. This script adds a ``gpu_run``
-record: the parts run, their seconds and exit status, nvidia-smi's device name and
-the commit ($JAXMATH_COMMIT where the checkout has no git). Every part's own record
+The times are estimates (from the H200 run of 2026-12-04: compile counts, kernel
+times and the slow tests' durations), not yet measured for these scripts: about
+5 minutes without the experiments, 8 with them. Each part runs in its own process
+(its GPU memory is freed for the next, and a crash costs that part only), under a
+time limit of ``--timeout-scale`` (default 2) times its expected time, and merges
+its records into the output file as it finishes: atomically, keeping every other
+key, so a run cut short keeps the parts that finished. With ``--budget-s`` the
+whole run stays within that many seconds: a part starts only if at least half its
+expected time is left, and is stopped when the budget runs out. ``--smoke`` runs
+every part at tiny sizes on any machine, the experiments' ``--quick`` variants
+(key ``experiments_quick``) included. This script adds a ``gpu_run`` record: the
+parts run, their seconds and exit status, nvidia-smi's device name and the
+commit ($JAXMATH_COMMIT where the checkout has no git). Every part's own record
 holds the device's names (nvidia-smi, JAX device_kind, torch), versions and date.
 The exit status is 1 if a part failed or ran out of time.
 """
@@ -59,7 +65,7 @@ PARTS = {
     "kernels": (["-m", "benchmarks.gpu_kernels"], 40, ["kernels"]),
     "sweep": (["-m", "benchmarks.gpu_sweep"], 80, ["sweep", "gd_sweep"]),
     "attention": (["-m", "benchmarks.gpu_attention"], 180, ["attention"]),
-    "experiments": ([str(EXPERIMENTS.relative_to(ROOT))], 300, ["(experiments.py's)"]),
+    "experiments": ([str(EXPERIMENTS.relative_to(ROOT))], 200, ["experiments"]),
 }
 
 
@@ -113,9 +119,11 @@ def _experiments_argv(output: Path, smoke: bool) -> list[str] | str:
         return "benchmarks/experiments.py does not exist in this checkout"
     argv = [*PARTS["experiments"][0], "--output", str(output)]
     if smoke:
-        if "--smoke" not in EXPERIMENTS.read_text():
-            return "benchmarks/experiments.py has no --smoke (its full run is not a smoke test)"
-        argv.append("--smoke")
+        text = EXPERIMENTS.read_text()
+        small = next((flag for flag in ("--smoke", "--quick") if f'"{flag}"' in text), None)
+        if small is None:
+            return "benchmarks/experiments.py has no --smoke or --quick"
+        argv.append(small)
     return argv
 
 
@@ -150,6 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes (any machine)")
     parser.add_argument("--timeout-scale", type=float, default=2.0,
                         help="each part's time limit: this times its expected time")
+    parser.add_argument("--budget-s", type=float, default=None,
+                        help="keep the whole run within this many seconds")
     parser.add_argument("--log-dir", type=Path, default=None,
                         help="also write each part's output to DIR/<part>.log")
     args = parser.parse_args(argv)
@@ -175,6 +185,15 @@ def main(argv: list[str] | None = None) -> int:
     written = []
     for part in parts:
         command, expected_s, keys = PARTS[part]
+        limit = expected_s * args.timeout_scale
+        if args.budget_s is not None:
+            left = args.budget_s - (time.perf_counter() - start)
+            if left < 0.5 * expected_s:
+                print(f"## {part}: skipped: {left:.0f} s of the budget left, expected "
+                      f"{expected_s} s", flush=True)
+                run["parts"][part] = {"status": "skipped", "reason": "time budget"}
+                continue
+            limit = min(limit, left)
         if part == "experiments":
             command = _experiments_argv(output, args.smoke)
             if isinstance(command, str):
@@ -184,9 +203,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             command = [*command, "--output", str(output)] + (["--smoke"] if args.smoke else [])
         log = args.log_dir / f"{part}.log" if args.log_dir else None
-        run["parts"][part] = {**run_part(part, command, expected_s * args.timeout_scale, log),
-                              "expected_s": expected_s}
-        written += keys
+        run["parts"][part] = {**run_part(part, command, limit, log), "expected_s": expected_s}
+        written += keys + (["experiments_quick"] if part == "experiments" else [])
     run["seconds"] = round(time.perf_counter() - start, 1)
     merge_record(output, "gpu_run", run)
     print(f"\n# {run['seconds']} s; wrote {output}")
