@@ -7,7 +7,7 @@ each waited for) and pipelined (calls issued back to back, one wait at the end).
 The cases:
 
 * bfloat16, L in {1024, 4096, 16384}, causal and not: jaxmath's default path,
-  jaxmath pallas, jax.nn cudnn, jax.nn xla (L <= 4096: at 16384 its scores do not
+  jaxmath pallas (on a GPU only: elsewhere Pallas interprets), jax.nn cudnn, jax.nn xla (L <= 4096: at 16384 its scores do not
   fit), jaxmath blockwise (L <= 4096) and torch SDPA;
 * float32, L in {1024, 4096}: jaxmath's default path, jax.nn xla, torch SDPA and
   jaxmath pallas (cuDNN takes no float32). JAX runs at its default matmul
@@ -155,8 +155,12 @@ def _jax_impls(cfg: dict, case: Case, arrays, extra):
             **({} if x is None else {case.extra: x}))
 
     path = attention_implementation(q, k, v, is_causal=causal, multi_head=True, **kw)
-    forwards = {f"jaxmath default ({path})": jm(), PALLAS: jm(implementation="pallas")}
+    forwards = {f"jaxmath default ({path})": jm()}
     skipped = {}
+    if jax.default_backend() == "gpu":
+        forwards[PALLAS] = jm(implementation="pallas")
+    else:  # Pallas's interpret mode: correct but slow, and no measure of a GPU kernel
+        skipped[PALLAS] = f"runs in interpret mode on {jax.default_backend()!r}"
     if case.dtype == "float32":
         skipped["jax.nn cudnn"] = "cuDNN takes float16 or bfloat16 inputs"
     else:
