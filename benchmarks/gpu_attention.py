@@ -7,8 +7,9 @@ each waited for) and pipelined (calls issued back to back, one wait at the end).
 The cases:
 
 * bfloat16, L in {1024, 4096, 16384}, causal and not: jaxmath's default path,
-  jaxmath pallas (on a GPU only: elsewhere Pallas interprets), jax.nn cudnn, jax.nn xla (L <= 4096: at 16384 its scores do not
-  fit), jaxmath blockwise (L <= 4096) and torch SDPA;
+  jaxmath pallas (on a GPU only: elsewhere Pallas interprets), jax.nn cudnn,
+  jax.nn xla (L <= 4096: at 16384 its scores do not fit), jaxmath blockwise
+  (L <= 4096) and torch SDPA;
 * float32, L in {1024, 4096}: jaxmath's default path, jax.nn xla, torch SDPA and
   jaxmath pallas (cuDNN takes no float32). JAX runs at its default matmul
   precision (TF32 on an H100/H200), torch SDPA at its own (float32 accumulation);
