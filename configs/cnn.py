@@ -12,6 +12,7 @@ at load average 4-8.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -21,6 +22,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.num_steps = 600
     config.log_every = 50
     config.checkpoint_every = 200
+    # updates per jitted call (train_loop): None scans the steps between two log steps on a
+    # GPU/TPU and makes one call per step on a CPU (faster there); 0 always scans, 1 never
+    config.steps_per_call = config_dict.placeholder(int)
     config.batch_size = 128
     config.augment_shift = 1         # random translation, pixels in each direction
     config.label_smoothing = 0.0

@@ -16,6 +16,7 @@ DDIM 0.53-0.56 s (7.8x faster). The quick variant takes ~14 s (mostly compilatio
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -48,6 +49,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.num_steps = 4000
     config.log_every = 20
     config.checkpoint_every = 1000
+    # updates per jitted call (train_loop): None scans the steps between two log steps on a
+    # GPU/TPU and makes one call per step on a CPU (faster there); 0 always scans, 1 never
+    config.steps_per_call = config_dict.placeholder(int)
     config.eval = ml_collections.ConfigDict({
         "num_eval": 2000,           # samples per sampler and dataset; held-out set size
         "num_reference": 8,         # independent held-out draws for the reference level

@@ -11,6 +11,7 @@ test accuracy 0.9648 (noise 0.2: the classes overlap). Seeds 1 and 2: digits 0.9
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -20,6 +21,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.num_steps = 1000
     config.log_every = 100
     config.checkpoint_every = 500
+    # updates per jitted call (train_loop): None scans the steps between two log steps on a
+    # GPU/TPU and makes one call per step on a CPU (faster there); 0 always scans, 1 never
+    config.steps_per_call = config_dict.placeholder(int)
     config.batch_size = 128          # per dataset
     config.data = ml_collections.ConfigDict({
         "split_seed": 0,             # the digits train/test split

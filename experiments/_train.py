@@ -14,7 +14,11 @@ Two families of training, each used by more than one experiment:
   by :func:`compile_timed` and losses plotted by :func:`plot_losses`.
 
 Every step is a pure function of the state and the step's inputs, run by
-:func:`jaxmath.train.train_loop`.
+:func:`jaxmath.train.train_loop` with ``steps_per_call=config.steps_per_call`` (0: the
+updates between two log or checkpoint steps as one compiled ``lax.scan``, the minibatch
+drawn on the device from the traced step number; 1: one call per update). What the
+loop's time went to is put in the summary by :func:`loop_timing`; a program that trains
+in one call (a sweep) measures its compilation with :func:`compile_seconds`.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from jaxmath.diffusion.model import DiffusionModel
+    from jaxmath.train import TrainResult
 
 PyTree = Any
 
@@ -171,6 +176,46 @@ def make_diffusion_step(model: DiffusionModel, tx: optax.GradientTransformation,
 
 
 # ----------------------------------------------------------------- timing and plots
+
+
+def loop_timing(result: TrainResult, train_s: float) -> dict[str, Any]:
+    """The summary's timing of a :func:`jaxmath.train.train_loop` run.
+
+    ``train_s``: the loop's wall time (as measured by the caller);
+    ``train_compile_s``: its first jitted call alone, compilation included;
+    ``train_steps_per_s``: updates per second after that call, checkpoints and
+    evaluation excluded; ``steps_per_call``: updates per jitted call. For a resumed
+    run these describe the resumed part (None if it had nothing left to do).
+    """
+    timing = result.timing
+    return {
+        "train_s": train_s,
+        "train_compile_s": None if timing is None else timing.compile_s,
+        "train_steps_per_s": None if timing is None else timing.steps_per_s,
+        "steps_per_call": None if timing is None else timing.steps_per_call,
+    }
+
+
+_COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",
+                   "/jax/core/compile/jaxpr_to_mlir_module_duration",
+                   "/jax/core/compile/backend_compile_duration")
+
+
+@contextlib.contextmanager
+def compile_seconds():
+    """``with compile_seconds() as total:`` JAX's tracing, lowering and XLA compilation
+    time inside the block, in ``total[0]`` (from ``jax.monitoring``'s duration events)."""
+    total = [0.0]
+
+    def listener(event: str, duration: float, **kwargs: Any) -> None:
+        if event in _COMPILE_EVENTS:
+            total[0] += duration
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        yield total
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
 
 
 def compile_timed(fn: Callable, *args: Any) -> tuple[Any, float, float]:

@@ -18,8 +18,9 @@ Its loss is DDPM's simple objective (Ho et al., 2020, Algorithm 1)
 Training. The three models share one architecture, so their parameters and Adam states are
 stacked on a leading dataset axis and one ``jax.vmap``-ed step updates all three: ONE
 compiled program, run by :func:`jaxmath.train.train_loop` (metrics.jsonl, orbax
-checkpoints, resume after a kill; the minibatch of step :math:`s` is drawn with
-``fold_in(key, s)``, so a resumed run is bit-identical). Minibatches of ``batch_size`` are
+checkpoints, resume after a kill; the minibatch of step :math:`s` is drawn on the device
+with ``fold_in(key, s)``, so a resumed run is bit-identical); the steps between two log
+steps run as one ``lax.scan`` (``steps_per_call``). Minibatches of ``batch_size`` are
 drawn with replacement from each training set; Adam with linear warm-up and cosine decay
 and global-norm gradient clipping (``config.optim``). Samples come from an exponential
 moving average of the parameters, :math:`\bar\theta \leftarrow \beta \bar\theta +
@@ -68,6 +69,7 @@ from matplotlib.figure import Figure
 from experiments._train import (
     compile_timed,
     init_ema_state,
+    loop_timing,
     make_clipped_adam,
     make_diffusion_step,
     plot_losses,
@@ -135,6 +137,12 @@ def _plot_samples(names, heldout, ddpm, ddim, scores, ddim_steps, T) -> Figure:
 # --------------------------------------------------------------------------- run
 
 
+def _step_number(step):
+    """The loop's ``batch_fn``: the batch is the step number; the step draws the data."""
+    return step
+
+
+
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
     names = tuple(config.data.datasets)
@@ -165,9 +173,10 @@ def run(config, workdir) -> dict:
         metrics = {f"loss_{name}": losses[i] for i, name in enumerate(names)}
         return state, {"loss": jnp.mean(losses), **metrics}
 
-    result = train_loop(state, step_fn, lambda s: np.int32(s), num_steps=config.num_steps,
+    result = train_loop(state, step_fn, _step_number, num_steps=config.num_steps,
                         workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc="ddpm_2d")
+                        checkpoint_every=config.checkpoint_every, desc="ddpm_2d",
+                        steps_per_call=config.steps_per_call)
     train_s = time.perf_counter() - t_start
     params = result.state["ema"]
 
@@ -225,7 +234,7 @@ def run(config, workdir) -> dict:
         "datasets": ",".join(names),
         "num_steps": config.num_steps,
         "final_loss": final.get("loss"),
-        "train_s": train_s,
+        **loop_timing(result, train_s),
         "num_timesteps": T,
         "ddim_steps": ddim_steps,
         "num_eval": ev.num_eval,

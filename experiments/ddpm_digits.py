@@ -15,8 +15,9 @@ predicts :math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1 - \bar\alpha_t}\, x_
 DDPM's simple objective on that target (Ho et al., 2020, Algorithm 1),
 :math:`\mathbb{E}_{t, x_0, \epsilon}\, \|v - v_\theta(x_t, t)\|^2`, minimised by Adam
 with warm-up, cosine decay and gradient clipping through
-:func:`jaxmath.train.train_loop` (checkpoints, resume; minibatch ``s`` drawn from
-``fold_in(key, s)``); samples come from an exponential moving average of the parameters.
+:func:`jaxmath.train.train_loop` (checkpoints, resume; minibatch ``s`` drawn on the
+device from ``fold_in(key, s)``, the steps between two log steps as one ``lax.scan``);
+samples come from an exponential moving average of the parameters.
 
 Sampling. ``num_samples`` images with ``config.sample.sampler`` (DDPM's ancestral sampler
 over all ``T`` steps, or DDIM in ``num_inference_steps``), with :math:`\hat x_0` clipped to
@@ -71,6 +72,7 @@ from experiments._data import load_sklearn
 from experiments._train import (
     compile_timed,
     init_ema_state,
+    loop_timing,
     make_clipped_adam,
     make_diffusion_step,
     plot_losses,
@@ -142,6 +144,11 @@ def _classifier_checks(train, train_labels, sets: dict[str, np.ndarray]) -> dict
     return out
 
 
+def _step_number(step):
+    """The loop's ``batch_fn``: the batch is the step number; the step draws the digits."""
+    return step
+
+
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
     key = jax.random.key(config.seed)
@@ -168,9 +175,10 @@ def run(config, workdir) -> dict:
         return state, {"loss": loss}
 
     t_start = time.perf_counter()
-    result = train_loop(state, step_fn, lambda s: np.int32(s), num_steps=config.num_steps,
+    result = train_loop(state, step_fn, _step_number, num_steps=config.num_steps,
                         workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc="ddpm_digits")
+                        checkpoint_every=config.checkpoint_every, desc="ddpm_digits",
+                        steps_per_call=config.steps_per_call)
     train_s = time.perf_counter() - t_start
 
     # Sampling, compiled ahead of time.
@@ -215,7 +223,7 @@ def run(config, workdir) -> dict:
         "num_test": len(test),
         "num_steps": config.num_steps,
         "final_loss": result.history[-1]["loss"] if result.history else None,
-        "train_s": train_s,
+        **loop_timing(result, train_s),
         "sampler": sc.sampler,
         "sampling_steps": steps,
         "num_samples": n,

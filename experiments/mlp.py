@@ -36,7 +36,9 @@ side by side in one loop, as one pytree of parameters, on the sum of their two l
 their parameters are disjoint, so the gradient of the sum with respect to each network
 is that network's own gradient, and AdamW, acting element by element, updates each
 exactly as if it were trained alone. The loop is :func:`jaxmath.train.train_loop`
-(checkpoints, resume, ``metrics.jsonl``); every ``log_every`` steps it records the
+(checkpoints, resume, ``metrics.jsonl``); the data sit on the device and the steps
+between two log steps run as one compiled ``lax.scan`` that draws each minibatch from
+the traced step (``steps_per_call``). Every ``log_every`` steps it records the
 minibatch losses and the training- and test-set accuracies of both networks.
 
 Target. Test accuracy on digits >= ``target_accuracy`` (0.97). The two-moons test
@@ -50,6 +52,7 @@ plane, its 0.5 contour, and the test points.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -66,6 +69,7 @@ from experiments._train import (
     accuracy,
     count_params,
     init_state,
+    loop_timing,
     make_adamw,
     make_step,
     plot_curves,
@@ -175,16 +179,13 @@ def run(config, workdir) -> dict:
             for name, (x, y) in batch.items()}
         return sum(losses.values()), {f"loss_{name}": value for name, value in losses.items()}
 
-    train_sets = {name: (d.x_train, d.y_train) for name, d in data.items()}
-
-    @jax.jit
-    def sample(step, train_sets) -> dict[str, Batch]:
-        return {name: sample_batch(jax.random.fold_in(key_batch, i), step, x, y,
-                                   config.batch_size)
-                for i, (name, (x, y)) in enumerate(train_sets.items())}
-
-    def batch_fn(step: int) -> dict[str, Batch]:
-        return sample(step, train_sets)
+    @jax.jit  # traced inside the loop's scan; one call per step with steps_per_call=1
+    def batch_fn(step) -> dict[str, Batch]:
+        # dataset i of the names in sorted order (digits, two_moons) samples from
+        # fold_in(key_batch, i)
+        return {name: sample_batch(jax.random.fold_in(key_batch, i), step, data[name].x_train,
+                                   data[name].y_train, config.batch_size)
+                for i, name in enumerate(sorted(data))}
 
     @jax.jit
     def accuracies(params) -> dict[str, jax.Array]:
@@ -198,11 +199,13 @@ def run(config, workdir) -> dict:
     def evaluate(state, step=None) -> dict[str, float]:
         return {k: float(v) for k, v in jax.device_get(accuracies(state["params"])).items()}
 
+    t_start = time.perf_counter()
     result = train_loop(init_state(init_params, key_init, optimizer),
                         make_step(loss_fn, optimizer), batch_fn, num_steps=config.num_steps,
                         workdir=workdir, log_every=config.log_every,
                         checkpoint_every=config.checkpoint_every, desc="mlp",
-                        metrics_fn=evaluate)
+                        metrics_fn=evaluate, steps_per_call=config.steps_per_call)
+    train_s = time.perf_counter() - t_start
     final = evaluate(result.state)
 
     # the smoothed loss cannot go below H(t): plot what is left above it
@@ -232,4 +235,5 @@ def run(config, workdir) -> dict:
         "final_loss": last["loss"],
         "num_steps": last["step"],
         "num_params": sum(count_params(p) for p in result.state["params"].values()),
+        **loop_timing(result, train_s),
     }

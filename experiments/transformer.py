@@ -20,7 +20,8 @@ Method. Every step draws a fresh batch of ``batch_size`` sequences from
 ``fold_in(key, step)``; the loss (:func:`jaxmath.softmax_cross_entropy`, mean over
 positions and batch) is minimised by AdamW with warm-up and cosine decay (the training
 step of :mod:`experiments._train`: ``jax.grad`` and optax, run by
-:func:`jaxmath.train.train_loop`).
+:func:`jaxmath.train.train_loop`; the steps between two log steps run as one compiled
+``lax.scan``, which draws each batch on the device from the traced step).
 
 Evaluation. ``task.num_test`` sequences drawn with a separate key are held out. The
 prediction is :math:`\hat y_i = \arg\max_v p(y_i = v \mid x)`; *exact-sequence accuracy*
@@ -44,6 +45,7 @@ whose values lie in the band their position calls for (a rough diagonal).
 from __future__ import annotations
 
 import math
+import time
 from functools import partial
 from pathlib import Path
 
@@ -53,7 +55,14 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._train import count_params, init_state, make_adamw, make_step, plot_curves
+from experiments._train import (
+    count_params,
+    init_state,
+    loop_timing,
+    make_adamw,
+    make_step,
+    plot_curves,
+)
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn import Transformer
 from jaxmath.nn.softmax import softmax
@@ -160,7 +169,8 @@ def run(config, workdir) -> dict:
         logits = model.apply(params, x)
         return jnp.mean(softmax_cross_entropy(logits, y)), sequence_metrics(logits, y)
 
-    def batch_fn(step: int):
+    @jax.jit  # traced inside the loop's scan; one call per step with steps_per_call=1
+    def batch_fn(step):
         return data(jax.random.fold_in(key_train, step), config.batch_size)
 
     @jax.jit
@@ -171,11 +181,13 @@ def run(config, workdir) -> dict:
         metrics = jax.device_get(test_metrics(state["params"]))
         return {f"test_{k}": float(v) for k, v in metrics.items()}
 
+    t_start = time.perf_counter()
     result = train_loop(init_state(lambda key: model.init(key, x_test[:1]), key_init, optimizer),
                         make_step(loss_fn, optimizer), batch_fn,
                         num_steps=config.num_steps, workdir=workdir, log_every=config.log_every,
                         checkpoint_every=config.checkpoint_every, desc="transformer",
-                        metrics_fn=evaluate)
+                        metrics_fn=evaluate, steps_per_call=config.steps_per_call)
+    train_s = time.perf_counter() - t_start
     params = result.state["params"]
     final = evaluate(result.state)
 
@@ -203,4 +215,5 @@ def run(config, workdir) -> dict:
         "final_loss": last["loss"],
         "num_steps": last["step"],
         "num_params": count_params(params),
+        **loop_timing(result, train_s),
     }

@@ -9,7 +9,7 @@ import pytest
 
 from experiments.ddpm_2d import make_data
 from jaxmath.cli import run_experiment
-from tests.tolerances import F32_LOOSE
+from tests.tolerances import F32_LOOSE, default_precision_tol
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ddpm_2d.py")
 PER_DATASET = ("sw_ddpm", "sw_ddim", "sw_reference", "mmd_ddpm", "mmd_ddim", "mmd_reference",
@@ -20,8 +20,15 @@ def _rows(workdir):
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-def test_quick_run_writes_its_files(tmp_path):
-    summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
+@pytest.fixture(scope="module")
+def quick(tmp_path_factory):
+    """The quick variant's default run: one call per update on a CPU, the scan elsewhere."""
+    workdir = tmp_path_factory.mktemp("quick")
+    return run_experiment(f"{CONFIG}:quick", workdir, verbose=False), workdir
+
+
+def test_quick_run_writes_its_files(quick):
+    summary, tmp_path = quick
     for name in ("config.json", "summary.json", "report.md", "metrics.jsonl",
                  "plots/samples.png", "plots/loss.png"):
         assert (tmp_path / name).is_file(), name
@@ -33,14 +40,37 @@ def test_quick_run_writes_its_files(tmp_path):
         assert summary[f"{name}_sw_ddpm"] > 0 and summary[f"{name}_sw_reference"] > 0
     for key in ("ddpm_sample_s", "ddim_sample_s", "ddim_speedup", "sw_ratio_ddpm_max",
                 "sw_ratio_ddim_max", "target", "target_factor", "target_met", "train_s",
-                "wall_time_s"):
+                "wall_time_s", "train_compile_s", "train_steps_per_s", "steps_per_call"):
         assert key in summary, key
+    expected = 1 if jax.default_backend() == "cpu" else 10  # steps_per_call=None: auto
+    assert summary["steps_per_call"] == expected
+    assert 0 < summary["train_compile_s"] < summary["train_s"] <= summary["wall_time_s"]
+    assert summary["train_steps_per_s"] > 0 and summary["backend"] and summary["devices"]
     assert summary["ddim_steps"] == summary["num_timesteps"] // 10
     rows = _rows(tmp_path)
     assert [r["step"] for r in rows] == [10, 20]
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert {f"loss_{name}" for name in names} <= set(rows[-1])
     assert json.loads((tmp_path / "summary.json").read_text())["datasets"] == summary["datasets"]
+
+
+def _metrics_rows(workdir):
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_scan_path_gives_the_same_run(quick, tmp_path):
+    """steps_per_call=0, the scan of the steps between log steps that a GPU runs (batch_fn
+    traced): the rows of the default run (one call per update on a CPU), to float
+    rounding, and the same summary keys."""
+    summary = run_experiment(f"{CONFIG}:quick", tmp_path, ["--config.steps_per_call=0"],
+                             verbose=False)
+    assert summary["steps_per_call"] == 10  # gcd(log_every, checkpoint_every)
+    assert set(summary) == set(quick[0])
+    rows, want = _metrics_rows(tmp_path), _metrics_rows(quick[1])
+    assert [set(r) for r in rows] == [set(r) for r in want]
+    for got, ref in zip(rows, want, strict=True):
+        for key, value in ref.items():
+            np.testing.assert_allclose(got[key], value, **default_precision_tol(), err_msg=key)
 
 
 def test_data_is_standardised_per_dataset():

@@ -23,7 +23,8 @@ CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mlp_sweep.py")
 SUMMARY_KEYS = {"best_mean_test_accuracy", "target", "target_met", "target_metric",
                 "best_learning_rate", "best_test_accuracy_min", "best_test_accuracy_max",
                 "num_configs", "num_learning_rates", "num_seeds", "num_steps", "num_diverged",
-                "num_traces", "sweep_s", "configs_per_s", "num_params"}
+                "num_traces", "sweep_s", "configs_per_s", "num_params", "train_compile_s",
+                "train_steps_per_s"}
 SMALL = {"num_steps": 12, "batch_size": 16, "log_every": 3, "warmup_steps": 4,
          "weight_decay": 1e-4, "label_smoothing": 0.1}
 HIDDEN = (8,)
@@ -71,6 +72,8 @@ def test_quick_run_writes_its_files(tmp_path):
     assert len({r["learning_rate"] for r in rows}) == num_rates == summary["num_learning_rates"]
     assert all(len(r["loss_curve"]) == config.num_steps // config.log_every for r in rows)
     assert summary["num_traces"] == 1  # the whole sweep: one trace of the train function
+    assert 0 < summary["train_compile_s"] < summary["sweep_s"]
+    assert summary["train_steps_per_s"] > summary["steps_per_s"] > 0  # without compilation
     best = [r["test_accuracy"] for r in rows
             if np.isclose(r["learning_rate"], summary["best_learning_rate"])]
     np.testing.assert_allclose(summary["best_mean_test_accuracy"], np.mean(best),

@@ -10,11 +10,13 @@ from matplotlib.figure import Figure
 
 from experiments._train import (
     accuracy,
+    compile_seconds,
     compile_timed,
     count_params,
     fast_init,
     init_ema_state,
     init_state,
+    loop_timing,
     make_adamw,
     make_clipped_adam,
     make_step,
@@ -22,6 +24,7 @@ from experiments._train import (
     plot_losses,
     smooth,
 )
+from jaxmath.train import TrainResult, TrainTiming
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL
 
 OPTIM = ml_collections.ConfigDict({"learning_rate": 0.1, "warmup_steps": 4,
@@ -146,3 +149,30 @@ def test_smooth_is_a_trailing_moving_average():
     values = np.array([1.0, 3.0, 5.0, 7.0])
     np.testing.assert_allclose(smooth(values, 2), [1.0, 2.0, 4.0, 6.0])
     np.testing.assert_allclose(smooth(values, 10), np.cumsum(values) / np.arange(1, 5))
+
+
+def test_loop_timing_puts_the_loops_timing_in_the_summary():
+    timing = TrainTiming(compile_s=1.5, first_steps=10, steps=90, steps_s=0.5, eval_s=0.2,
+                         checkpoint_s=0.1, steps_per_call=10)
+    assert loop_timing(TrainResult({}, [], timing), 3.0) == {
+        "train_s": 3.0, "train_compile_s": 1.5, "train_steps_per_s": 180.0,
+        "steps_per_call": 10}
+    assert loop_timing(TrainResult({}, []), 0.1) == {  # a finished run: nothing ran
+        "train_s": 0.1, "train_compile_s": None, "train_steps_per_s": None,
+        "steps_per_call": None}
+
+
+def test_compile_seconds_counts_compilation_only_inside_the_block():
+    def f(x):
+        return jnp.sin(x) @ jnp.cos(x).T
+
+    x = jnp.ones((7, 5))
+    with compile_seconds() as total:
+        jax.jit(f)(x).block_until_ready()
+    compiled = total[0]
+    assert compiled > 0
+    with compile_seconds() as again:
+        jax.jit(f)(x).block_until_ready()  # the same program: cached, nothing compiled
+    assert again[0] < compiled
+    jax.jit(lambda x: f(x) + 1)(x)  # outside any block: not counted
+    assert total[0] == compiled

@@ -38,6 +38,7 @@ from jaxmath.train.loop import (
     TrainTiming,
     _calls,
     _chunk_length,
+    _resolve_steps_per_call,
     train_loop,
 )
 from tests.tolerances import F32_ATOL, F32_RTOL
@@ -468,6 +469,21 @@ def test_scan_path_needs_a_traceable_batch_fn(tmp_path):
         scan_run(tmp_path, 10, batch_fn=batch_fn)  # NumPy's generator seeded by the step
 
 
+@pytest.mark.parametrize(("given", "platform", "used"), [
+    (None, "cpu", 1), (None, "gpu", 0), (None, "cuda", 0), (None, "tpu", 0), (1, "gpu", 1),
+    (0, "cpu", 0), (4, "tpu", 4)])
+def test_auto_steps_per_call_scans_on_accelerators_only(given, platform, used):
+    assert _resolve_steps_per_call(given, platform) == used
+
+
+def test_auto_steps_per_call_on_this_cpu(tmp_path):
+    """None: one call per update here, but batch_fn must be traceable all the same."""
+    result = run(tmp_path / "auto", 20, batch_fn=device_batch_fn, steps_per_call=None)
+    assert result.timing.steps_per_call == (1 if jax.default_backend() == "cpu" else 5)
+    with pytest.raises(TypeError, match=r"steps_per_call=None, batch_fn is traced"):
+        run(tmp_path / "host", 10, steps_per_call=None)  # NumPy's generator seeded by the step
+
+
 def test_timing_of_a_run(tmp_path, whole_scan):
     timing = whole_scan.timing
     assert isinstance(timing, TrainTiming)
@@ -560,8 +576,8 @@ BAD = [
     (lambda d: _loop(d, progress="fancy"), ValueError, r"progress must be one of"),
     (lambda d: _loop(d, max_to_keep=0), ValueError, r"max_to_keep must be >= 1, got 0"),
     (lambda d: _loop(d, steps_per_call=-1), ValueError, r"steps_per_call must be >= 0, got -1"),
-    (lambda d: _loop(d, steps_per_call=None), TypeError,
-     r"steps_per_call must be an int, got NoneType"),
+    (lambda d: _loop(d, steps_per_call=2.0), TypeError,
+     r"steps_per_call must be an int, got float"),
     # raised while the loop's jitted step is traced
     (lambda d: _loop(d, step_fn=_no_loss), ValueError,
      r"with a 'loss' in metrics, got \['error'\]"),

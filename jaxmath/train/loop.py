@@ -31,11 +31,18 @@ uninterrupted one. One program serves every call: a call of fewer than ``K`` upd
 (at ``num_steps``, or from a checkpoint at an odd step) runs the same ``K``
 iterations with the extra ones masked (computed and discarded), and each iteration
 runs the same compiled body, so the bits do not depend on how the steps were split.
+On a GPU or TPU the scan removes the per-update dispatch (a Python call and a
+jitted call's launch) that dominates the time of small models. On a CPU it rarely
+pays: XLA:CPU compiles a loop's body less well than a top-level program (it rewrites
+only top-level convolutions to its fast Eigen form, so a CNN's weight gradients ran
+15-200x slower inside the scan, and it splits only top-level operations across the
+cores). ``steps_per_call=None`` takes the scan on accelerators and one call per
+update on a CPU.
+
 A log step's values are copied to the host asynchronously and written (and shown)
 when the next log step is reached, so logging does not stall the device either;
 only checkpoint steps wait, to check the losses before saving. The loop adds little
-to a bare Python loop of the jitted step, and on an accelerator the scan removes
-the per-update dispatch that dominates small models.
+to a bare Python loop of the jitted step.
 """
 
 from __future__ import annotations
@@ -294,6 +301,13 @@ def _calls(start: int, stop: int, length: int):
         s = e
 
 
+def _resolve_steps_per_call(steps_per_call: int | None, platform: str) -> int:
+    """``steps_per_call``, with None (auto) as 0 (the scan) on accelerators, 1 on a CPU."""
+    if steps_per_call is None:
+        return 1 if platform == "cpu" else 0
+    return steps_per_call
+
+
 def _check_traceable(batch_fn: Callable, steps_per_call: int) -> None:
     """Trace ``batch_fn`` with an abstract int32 step: the scan path needs it traceable.
 
@@ -446,7 +460,7 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
                checkpoint_every: int = 1000, desc: str = "train",
                metrics_fn: Callable[[PyTree, int], Mapping[str, Any]] | None = None,
                max_to_keep: int = 3, progress: str = "auto", donate: bool = True,
-               steps_per_call: int = 1) -> TrainResult:
+               steps_per_call: int | None = 1) -> TrainResult:
     r"""Train ``state`` for ``num_steps`` updates in ``workdir``, resuming where a run stopped.
 
     .. math:: \mathrm{state}_s = \mathrm{step\_fn}(\mathrm{state}_{s-1},\,
@@ -484,13 +498,16 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
       donate: donate the state's buffers to each step (updates in place). The
         ``state`` passed in is copied first, so it stays valid.
       steps_per_call: how many updates one jitted call may run. ``1`` (the
-        default): one call per update, ``batch_fn`` on the host. Any other value
+        default): one call per update, ``batch_fn`` on the host. Any other int
         (``0``: no bound) traces ``batch_fn`` and runs up to ``K`` updates per call
         as one ``lax.scan``, ``K`` the largest divisor of
         ``gcd(log_every, checkpoint_every)`` not above ``steps_per_call``: the way
-        to train small models at accelerator speed. The rows, checkpoints,
-        ``metrics_fn`` calls and errors are the same on both paths; the values agree
-        to float rounding (the scan is compiled as one program).
+        to train small models at accelerator speed. ``None``: ``0`` where the state
+        lives on a GPU or TPU and ``1`` on a CPU (see the module docstring), with
+        ``batch_fn`` traced once on every backend to check that it can be, so that
+        a CPU run catches a ``batch_fn`` an accelerator could not scan. The rows,
+        checkpoints, ``metrics_fn`` calls and errors are the same on both paths; the
+        values agree to float rounding (the scan is compiled as one program).
 
     Returns:
       ``TrainResult(state, history, timing)``: the state after ``num_steps``
@@ -508,7 +525,7 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
         it. The check is recorded on the device every step and read at log and
         checkpoint steps.
       ValueError: a checkpoint in ``workdir`` holds a differently shaped state.
-      TypeError: ``steps_per_call != 1`` and ``batch_fn`` cannot be traced.
+      TypeError: ``steps_per_call`` is not 1 and ``batch_fn`` cannot be traced.
 
     Example:
       >>> import tempfile
@@ -532,7 +549,8 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
     num_steps = _check_int(num_steps, "num_steps", 0)
     log_every = _check_int(log_every, "log_every", 1)
     checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1)
-    steps_per_call = _check_int(steps_per_call, "steps_per_call", 0)
+    if steps_per_call is not None:
+        steps_per_call = _check_int(steps_per_call, "steps_per_call", 0)
     _check_callable(step_fn, "step_fn")
     _check_callable(batch_fn, "batch_fn")
     if metrics_fn is not None:
@@ -554,6 +572,8 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
             return TrainResult(state, log.read())
         if steps_per_call != 1:
             _check_traceable(batch_fn, steps_per_call)
+        steps_per_call = _resolve_steps_per_call(
+            steps_per_call, next(iter(carry_sharding.device_set)).platform)
         stepper = _Stepper(step_fn, batch_fn, donate, steps_per_call, log_every,
                            checkpoint_every, carry_sharding)
         bar = _Progress(progress, desc, start, num_steps)
