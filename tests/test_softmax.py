@@ -214,3 +214,64 @@ BAD_INPUTS = [
 def test_bad_inputs(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+# ---------------------------------------------------------------------------
+# Several axes normalised together
+
+
+@pytest.mark.parametrize("fn", FUNCS)
+@pytest.mark.parametrize("axis", [(1, 2), (2, 0), (-1, -3, 1), [0, 1]])
+def test_tuple_axes_match_scipy_and_jax_nn(fn, axis, rng):
+    z = rng.normal(scale=5.0, size=(2, 3, 4)).astype(np.float32)
+    got = np.asarray(fn(z, axis=axis))
+    np.testing.assert_allclose(got, SCIPY[fn](z.astype(np.float64), axis=tuple(axis)),
+                               rtol=F32_RTOL, atol=F32_ATOL)
+    jax_nn = {softmax: jax.nn.softmax, log_softmax: jax.nn.log_softmax}[fn]
+    mask = rng.random(z.shape) < 0.7
+    mask[0] = True
+    ok = np.any(mask, axis=tuple(axis), keepdims=True) & mask
+    np.testing.assert_allclose(
+        np.where(ok, np.asarray(fn(z, axis=axis, where=mask)), 0),
+        np.where(ok, np.asarray(jax_nn(z, axis=tuple(axis), where=mask)), 0),
+        rtol=F32_RTOL, atol=F32_ATOL)
+    jitted = jax.jit(fn, static_argnames="axis")(z, axis=tuple(axis))
+    np.testing.assert_allclose(np.asarray(jitted), got, rtol=F32_RTOL, atol=F32_ATOL)
+
+
+def test_tuple_axes_fully_masked_slice_and_gradients(x64, rng):
+    z = jnp.asarray(rng.normal(size=(2, 3, 4)))
+    mask = np.ones((2, 3, 4), bool)
+    mask[1] = False  # the whole second slice over axes (1, 2)
+    p = np.asarray(softmax(z, axis=(1, 2), where=mask))
+    np.testing.assert_allclose(p[0].sum(), 1.0, rtol=F64_RTOL)
+    np.testing.assert_array_equal(p[1], 0.0)
+    g = jax.grad(lambda z: jnp.sum(softmax(z, axis=(2, 1), where=mask) * jnp.arange(4.0)))(z)
+    np.testing.assert_array_equal(np.asarray(g)[1], 0.0)
+    check_grads(lambda z: softmax(z, axis=(0, 2)), (z,), order=1, modes=["fwd", "rev"])
+    check_grads(lambda z: log_softmax(z, axis=(1, 2)), (z,), order=1, modes=["fwd", "rev"])
+    # vmap of a tuple-axis softmax equals a loop over the batch.
+    got = jax.vmap(lambda a: log_softmax(a, axis=(0, 1)))(z)
+    want = np.stack([np.asarray(log_softmax(a, axis=(0, 1))) for a in z])
+    np.testing.assert_allclose(np.asarray(got), want, rtol=F64_RTOL, atol=F64_ATOL)
+
+
+BAD_AXES = [
+    (lambda: softmax(jnp.ones((2, 3)), axis=(0, 0)), ValueError,
+     r"axis must not repeat an axis, got \(0, 0\) for z of shape \(2, 3\)"),
+    (lambda: log_softmax(jnp.ones((2, 3)), axis=(1, -1)), ValueError,
+     "1 and -1 are both axis 1"),
+    (lambda: softmax(jnp.ones((2, 3)), axis=(0, 2)), ValueError,
+     r"axis \(0, 2\) is out of range for z of shape \(2, 3\): 2 not in \[-2, 2\)"),
+    (lambda: softmax(jnp.ones((2, 3)), axis=()), ValueError, "axis must name at least one"),
+    (lambda: softmax(jnp.ones((2, 3)), axis=(0, 1.5)), TypeError,
+     "axis must be an int or a tuple of ints"),
+    (lambda: jax.jit(softmax, static_argnames="axis")(jnp.ones((2, 3)), axis=(1, 1)),
+     ValueError, "must not repeat"),
+]
+
+
+@pytest.mark.parametrize(("call", "exc", "match"), BAD_AXES)
+def test_bad_axes(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()

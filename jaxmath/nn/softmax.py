@@ -16,38 +16,25 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from jaxmath import _checks
 
 ArrayLike = jax.typing.ArrayLike
 
 
-def _mask(where: ArrayLike | None, shape: tuple[int, ...], target: str) -> jax.Array | None:
-    """``where`` checked as a boolean mask that broadcasts to ``shape`` (None stays None).
-
-    Shared with :mod:`jaxmath.losses`.
-    """
-    if where is None:
-        return None
-    mask = jnp.asarray(where)
-    if mask.dtype != jnp.bool_:
-        raise TypeError(f"where must be a boolean mask (True = include), got dtype {mask.dtype}")
-    target_struct = jax.ShapeDtypeStruct(shape, jnp.float32)
-    if _checks.broadcast_shapes((target_struct, target), (mask, "where")) != tuple(shape):
-        raise ValueError(f"where must broadcast to the shape of {target} {tuple(shape)}, got "
-                         f"where.shape={tuple(mask.shape)}")
-    return mask
-
-
-def _prepare(z: ArrayLike, axis: int, where: ArrayLike | None):
-    """Checked float logits, the normalised axis and the boolean mask (or None)."""
+def _prepare(z: ArrayLike, axis: int | tuple[int, ...], where: ArrayLike | None):
+    """Checked float logits, the normalised axis (an int, or a tuple for several axes)
+    and the boolean mask (or None)."""
     z = _checks.as_float(z, "z")
-    axis = _checks.check_axis(z, axis, "z")
-    return z, axis, _mask(where, tuple(z.shape), "z")
+    axes = _checks.check_axes(z, axis, "z")
+    axis = axes[0] if isinstance(axis, int | np.integer) else axes
+    return z, axis, _checks.check_mask(where, tuple(z.shape), "z")
 
 
-def _shifted(z: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
-    """``z - max(z)`` along ``axis`` over the included entries; excluded entries are -inf.
+def _shifted(z: jax.Array, axis: int | tuple[int, ...], mask: jax.Array | None) -> jax.Array:
+    """``z - max(z)`` along ``axis`` (one or several) over the included entries; excluded
+    entries are -inf.
 
     Computed in float32 at least. The maximum starts from the most negative finite
     number instead of -inf, so a row with no finite included entry stays at -inf
@@ -65,7 +52,7 @@ def _shifted(z: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
     return z - jax.lax.stop_gradient(m)
 
 
-def _row_sum(e: jax.Array, axis: int) -> jax.Array:
+def _row_sum(e: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
     """``sum(e)`` along ``axis``, clamped below at 1/2.
 
     With ``e = exp(z - max z)`` the sum is >= 1 on every row with an included finite
@@ -77,7 +64,8 @@ def _row_sum(e: jax.Array, axis: int) -> jax.Array:
     return jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 0.5)
 
 
-def softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> jax.Array:
+def softmax(z: ArrayLike, axis: int | tuple[int, ...] = -1,
+            where: ArrayLike | None = None) -> jax.Array:
     r"""Softmax of logits ``z`` along ``axis``.
 
     .. math:: \sigma(z)_i = \frac{e^{z_i - m}}{\sum_{j \in W} e^{z_j - m}},
@@ -87,7 +75,8 @@ def softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> jax
 
     Args:
       z: ``[..., n, ...]`` logits; integer inputs are converted to float.
-      axis: the axis to normalise over.
+      axis: the axis to normalise over, or a tuple of axes normalised together (the
+        softmax of the flattened slice).
       where: optional boolean mask broadcastable to ``z.shape``; True = include
         (jax.nn's rule). Excluded entries get probability 0.
 
@@ -111,12 +100,13 @@ def softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> jax
 
 
 @partial(jax.jit, static_argnames="axis")
-def _softmax(z: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
+def _softmax(z: jax.Array, axis: int | tuple[int, ...], mask: jax.Array | None) -> jax.Array:
     e = jnp.exp(_shifted(z, axis, mask))
     return (e / _row_sum(e, axis)).astype(z.dtype)
 
 
-def log_softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) -> jax.Array:
+def log_softmax(z: ArrayLike, axis: int | tuple[int, ...] = -1,
+                where: ArrayLike | None = None) -> jax.Array:
     r"""Logarithm of the softmax of ``z`` along ``axis``, computed in log space.
 
     .. math:: \log\sigma(z)_i = (z_i - m) - \log \sum_{j \in W} e^{z_j - m},
@@ -124,7 +114,7 @@ def log_softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) ->
 
     Args:
       z: ``[..., n, ...]`` logits; integer inputs are converted to float.
-      axis: the axis to normalise over.
+      axis: the axis to normalise over, or a tuple of axes normalised together.
       where: optional boolean mask broadcastable to ``z.shape``; True = include.
 
     Returns:
@@ -144,7 +134,7 @@ def log_softmax(z: ArrayLike, axis: int = -1, where: ArrayLike | None = None) ->
 
 
 @partial(jax.jit, static_argnames="axis")
-def _log_softmax(z: jax.Array, axis: int, mask: jax.Array | None) -> jax.Array:
+def _log_softmax(z: jax.Array, axis: int | tuple[int, ...], mask: jax.Array | None) -> jax.Array:
     shifted = _shifted(z, axis, mask)
     s = _row_sum(jnp.exp(shifted), axis)
     out = shifted - jnp.log(s)
