@@ -640,3 +640,15 @@ BAD_WHERE_AND_AXES = [
 def test_bad_where_and_axes(call, exc, match):
     with pytest.raises(exc, match=match):
         call()
+
+
+def test_vmap_over_masks_equals_loop(rng):
+    logits = np.stack([_logits(rng) for _ in range(3)])
+    labels = rng.integers(0, K, (3, B))
+    for masks in (rng.random((3, B)) < 0.6, rng.random((3, B, K)) < 0.6):
+        got = jax.vmap(lambda z, y, m: softmax_cross_entropy(z, y, where=m))(logits, labels,
+                                                                            masks)
+        want = [np.asarray(softmax_cross_entropy(z, y, where=m))
+                for z, y, m in zip(logits, labels, masks, strict=True)]
+        np.testing.assert_allclose(np.asarray(got), np.stack(want), rtol=F32_RTOL,
+                                   atol=F32_ATOL)

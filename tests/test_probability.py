@@ -888,3 +888,15 @@ def test_kl_on_accelerators_is_the_plain_select_program(platform):
     for fn in (kl_divergence, js_divergence, cross_entropy):
         assert "select" not in _hlo_ops(fn, p, p, platform="cpu"), fn.__name__
     assert _hlo_ops(entropy, p, platform=platform)["select"] == 1
+
+
+@pytest.mark.parametrize("name", list(MEASURES))
+def test_vmap_over_masks_equals_loop(name, rng):
+    fn = MEASURES[name]
+    ps = np.stack([_f32(_dist(rng, zeros=True)) for _ in range(3)])
+    qs = np.stack([_f32(_dist(rng)) for _ in range(3)])
+    ms = rng.random((3, *SHAPE)) < 0.6
+    got = jax.vmap(lambda p, q, m: fn(p, q, where=m, axis=(0, 1)))(ps, qs, ms)
+    want = [np.asarray(fn(p, q, where=m, axis=(0, 1))) for p, q, m in zip(ps, qs, ms,
+                                                                          strict=True)]
+    np.testing.assert_allclose(np.asarray(got), np.stack(want), rtol=F32_RTOL, atol=F32_ATOL)
