@@ -361,13 +361,14 @@ def test_default_implementation_policy(backend, monkeypatch):
         return attention_implementation(*args, backend=backend, **kwargs)
 
     x, short = jnp.zeros((2, 1024, 8)), jnp.zeros((2, 8, 8))
-    long_path = "blockwise" if backend == "cpu" else "xla"
+    long_path = {"cpu": "blockwise", "gpu": "pallas", "tpu": "xla"}[backend]
     assert path(short, short, short) == "xla"
     # On CPU from CPU_BLOCKWISE_MIN_LENGTH queries and keys on: blockwise.
     assert path(x, x, x, is_causal=True) == long_path
     assert path(x[:, :8], x, x) == "xla"                             # 8 queries (decoding)
     half = x[:, :512]                                                 # one query block
-    assert path(half, half, half, is_causal=True) == "xla"
+    assert path(half, half, half, is_causal=True) == ("pallas" if backend == "gpu" else "xla")
+    assert path(x[:, :511], x, x) == "xla"
     assert path(x, x, x, implementation="xla") == "xla"
     heads = jnp.zeros((1, 1024, 4, 8))
     assert path(heads, heads[..., :1, :], heads[..., :1, :], multi_head=True) == long_path
@@ -376,17 +377,22 @@ def test_default_implementation_policy(backend, monkeypatch):
     assert path(h16, h16, h16, multi_head=True) == ("cudnn" if backend == "gpu" else long_path)
     assert path(h16[:, :8], h16[:, :8], h16[:, :8], multi_head=True) == (
         "cudnn" if backend == "gpu" else "xla")
-    # Past the memory budget of the scores: blockwise on every backend.
+    # A bfloat16 call cuDNN refuses (a traced scale) is long: Pallas would take it on a
+    # GPU, but not with a traced scale either.
+    assert path(h16, h16, h16, multi_head=True, scale=jnp.float32(0.5)) == (
+        "xla" if backend == "gpu" else long_path)
+    # Past the memory budget of the scores: a kernel that takes the call on a GPU,
+    # blockwise on every other backend or for what the kernels refuse.
     monkeypatch.setattr(attention_module, "CPU_BLOCKWISE_MIN_LENGTH", 10**9)
+    monkeypatch.setattr(attention_module, "GPU_PALLAS_MIN_LENGTH", 10**9)
     assert path(x, x, x) == "xla"
     monkeypatch.setattr(attention_module, "XLA_MEMORY_BUDGET_BYTES", 2 * 1024 * 1024 * 4 - 1)
-    assert path(x, x, x) == "blockwise"
+    assert path(x, x, x) == ("pallas" if backend == "gpu" else "blockwise")
+    assert path(x, x, x, scale=jnp.float32(0.5)) == "blockwise"
 
 
 @pytest.mark.parametrize("call,reason", [
     (lambda x: dict(q=x, k=x, v=x), "cuDNN takes float16 or bfloat16 inputs, got float32"),
-    (lambda x: dict(q=x.astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
-                    v=x[..., :4].astype(jnp.bfloat16)), "same head size for q and v"),
     (lambda x: dict(q=x.astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
                     v=x.astype(jnp.bfloat16), scale=jnp.float32(0.5)), "scale as a Python number"),
     (lambda x: dict(q=x[:, :4].astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
@@ -398,6 +404,13 @@ def test_cudnn_refusals_on_a_gpu(call, reason):
         attention_implementation(**call(x), implementation="cudnn", multi_head=True,
                                  backend="gpu")
     assert attention_implementation(**call(x), multi_head=True, backend="gpu") != "cudnn"
+
+
+def test_cudnn_takes_different_head_sizes_for_q_and_v():
+    # jax.nn's cuDNN kernel takes d != dv on Hopper with cuDNN >= 9.10 and refuses it at
+    # trace time elsewhere, where the default path falls back.
+    x = jnp.zeros((2, 16, 2, 8), jnp.bfloat16)
+    assert attention_implementation(x, x, x[..., :4], multi_head=True, backend="gpu") == "cudnn"
 
 
 def test_attention_implementation_rejects_an_unknown_backend():
@@ -587,3 +600,51 @@ def test_default_path_on_a_gpu_is_jax_nn_cudnn_call(cuda_lowering, is_causal, h_
     assert forward == cuda_lowering(jax_nn_call, q, kv, kv)
     assert cuda_lowering(fwd_bwd(jm_call), q, kv, kv) == cuda_lowering(fwd_bwd(jax_nn_call),
                                                                          q, kv, kv)
+
+
+# --------------------------------------------------------------------------- the Pallas path
+# (interpreted off a GPU: small shapes; tests/test_pallas_attention.py tests the kernels)
+
+
+def _grads(fn, *args):
+    return jax.value_and_grad(lambda *a: jnp.sum(fn(*a) * jnp.cos(fn(*a))), argnums=(0, 1, 2, 3)
+                              )(*args)
+
+
+def test_pallas_path_equals_xla_through_attention(rng):
+    """Broadcast leading axes, d != dv, mask, bias with -inf, key lengths and causal."""
+    q, k, v = _normal(rng, 2, 3, 40, 8), _normal(rng, 2, 1, 37, 8), _normal(rng, 1, 37, 5)
+    mask = _random_mask(rng, (2, 1, 40, 37))
+    bias = _normal(rng, 3, 40, 37)
+    bias[1, :, 2] = -np.inf
+    key_lengths = np.array([[30], [37]])
+
+    def fn(impl):
+        return lambda q, k, v, bias: attention(q, k, v, mask=mask, bias=bias, is_causal=True,
+                                               key_lengths=key_lengths, implementation=impl)
+
+    got, want = _grads(fn("pallas"), q, k, v, bias), _grads(fn("xla"), q, k, v, bias)
+    np.testing.assert_allclose(got[0], want[0], **NN)
+    for g, w in zip(got[1], want[1], strict=True):
+        np.testing.assert_allclose(g, w, **NN)
+
+
+def test_pallas_path_equals_xla_with_gqa_under_jit(rng):
+    q, kv = _normal(rng, 2, 33, 4, 16), _normal(rng, 2, 33, 2, 16)
+
+    def fn(impl):
+        return jax.jit(lambda q, kv: multi_head_attention(q, kv, kv, is_causal=True,
+                                                          implementation=impl))
+
+    np.testing.assert_allclose(fn("pallas")(q, kv), fn("xla")(q, kv), **NN)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: attention(Q, KV, KV, scale=jnp.float32(0.5), implementation="pallas"),
+     "implementation='pallas' cannot run this call: .*scale as a Python number"),
+    (lambda: attention(Q, KV, KV, block_size=(24, 16), implementation="pallas"),
+     "power of two"),
+])
+def test_pallas_path_refusals(call, match):
+    with pytest.raises(ValueError, match=match):
+        call()

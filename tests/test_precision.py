@@ -147,6 +147,7 @@ def _module(module, *inputs, rngs=None):
 NEURAL = {
     "attention_xla": _attention("xla"),
     "attention_blockwise": _attention("blockwise"),
+    "attention_pallas": _attention("pallas"),
     "multi_head_attention": lambda precision: jax.grad(lambda q: jnp.sum(
         jm.multi_head_attention(q, Q_HEADS, Q_HEADS, precision=precision)))(Q_HEADS),
     "conv2d": lambda precision: jax.grad(lambda k: jnp.sum(

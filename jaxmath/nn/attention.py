@@ -10,9 +10,27 @@ Two layouts share one set of options:
   projected queries, keys and values.
 
 ``implementation`` picks the computation: ``'xla'`` materialises the scores,
-``'blockwise'`` never does (:mod:`jaxmath.nn.blockwise_attention`), ``'cudnn'``
-calls ``jax.nn.dot_product_attention``'s cuDNN kernel, and ``None`` picks the
-fastest one that supports the call (:func:`attention_implementation` tells which).
+``'blockwise'`` never does (:mod:`jaxmath.nn.blockwise_attention`, pure JAX),
+``'cudnn'`` calls ``jax.nn.dot_product_attention``'s cuDNN kernel, ``'pallas'``
+runs jaxmath's flash-attention kernels for NVIDIA GPUs
+(:mod:`jaxmath.nn.pallas_attention`), and ``None`` picks the fastest one that
+supports the call (:func:`attention_implementation` tells which).
+
+Which calls run where by default:
+
+* CPU: ``'blockwise'`` from :data:`CPU_BLOCKWISE_MIN_LENGTH` queries and keys on
+  (or past the memory budget), else ``'xla'``.
+* NVIDIA GPU: ``'cudnn'`` for float16/bfloat16 inputs with a Python-number scale,
+  at most ``[B, H]`` leading axes, ``Lq == Lk`` if causal and key lengths per batch
+  element (it takes masks and biases; if the kernel still refuses the call when
+  traced -- head size, cuDNN version, GPU generation -- the next rule applies).
+  Else ``'pallas'`` (float32, bfloat16 or float16, head sizes up to 256, any mask,
+  bias, key lengths and causal alignment, a Python-number scale) from
+  :data:`GPU_PALLAS_MIN_LENGTH` queries and keys on or past the memory budget; else
+  ``'xla'``. Only a call that neither kernel takes and whose scores exceed
+  :data:`XLA_MEMORY_BUDGET_BYTES` lands on ``'blockwise'``: a traced ``scale``, head
+  sizes above 256, float64, or q, k, v of different dtypes.
+* TPU and others: ``'blockwise'`` past the memory budget, else ``'xla'``.
 """
 
 from __future__ import annotations
@@ -28,11 +46,12 @@ import numpy as np
 from jaxmath import _checks
 from jaxmath._precision import check_precision
 from jaxmath.nn.blockwise_attention import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
+from jaxmath.nn.pallas_attention import pallas_attention, pallas_supported
 from jaxmath.nn.softmax import softmax
 
 ArrayLike = jax.typing.ArrayLike
 
-IMPLEMENTATIONS = ("xla", "blockwise", "cudnn")
+IMPLEMENTATIONS = ("xla", "blockwise", "cudnn", "pallas")
 #: The backends whose default path :func:`attention_implementation` can describe.
 BACKENDS = ("cpu", "gpu", "tpu")
 #: The default path goes blockwise when the float32 scores ``[..., Lq, Lk]`` of one
@@ -45,6 +64,10 @@ XLA_MEMORY_BUDGET_BYTES = 1 << 30
 #: blocks above the diagonal); see benchmarks/results/cpu.json. At L = 512 (a single
 #: query block) xla was 1.3x to 2x faster.
 CPU_BLOCKWISE_MIN_LENGTH = 1024
+#: On an NVIDIA GPU a call that cuDNN does not take runs the Pallas kernel from this
+#: many queries and keys on (shorter ones materialise their small scores with xla).
+#: Set from the kernels' block sizes (64-128 rows), not yet measured on a GPU.
+GPU_PALLAS_MIN_LENGTH = 512
 
 
 # --------------------------------------------------------------------------- checks
@@ -155,13 +178,13 @@ def _check_options(q, k, v, mask, bias, key_lengths, is_causal, scale, implement
             _blocks(block_size, implementation), precision)
 
 
-def _blocks(block_size, implementation) -> tuple[int, int]:
-    """``(block_q, block_k)`` from ``block_size`` (an int, a pair, or None)."""
+def _blocks(block_size, implementation) -> tuple[int, int] | None:
+    """``(block_q, block_k)`` from ``block_size`` (an int or a pair); None: the path's own."""
     if block_size is None:
-        return DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K
+        return None
     if implementation in ("xla", "cudnn"):
-        raise ValueError(f"block_size applies to implementation='blockwise' (or None), got "
-                         f"implementation={implementation!r}")
+        raise ValueError(f"block_size applies to implementation='blockwise' or 'pallas' (or "
+                         f"None), got implementation={implementation!r}")
     pair = (block_size, block_size) if isinstance(block_size, int | np.integer) else block_size
     if (not isinstance(pair, tuple | list) or len(pair) != 2
             or not all(isinstance(b, int | np.integer) and not isinstance(b, bool) and b > 0
@@ -184,9 +207,6 @@ def _cudnn_unsupported(call: _Call, is_causal: bool, scale, heads_layout: bool,
         return f"it needs an NVIDIA GPU with cuDNN, and JAX's default backend is {backend!r}"
     if call.q.dtype not in (jnp.float16, jnp.bfloat16):
         return f"cuDNN takes float16 or bfloat16 inputs, got {call.q.dtype}"
-    if call.q.shape[-1] != call.v.shape[-1]:
-        return (f"cuDNN needs the same head size for q and v, got d={call.q.shape[-1]} "
-                f"and dv={call.v.shape[-1]}")
     if not isinstance(scale, float):
         return "cuDNN needs scale as a Python number, got an array"
     lq, lk = call.scores_shape[-2:]
@@ -200,29 +220,46 @@ def _cudnn_unsupported(call: _Call, is_causal: bool, scale, heads_layout: bool,
     return None
 
 
+def _pallas_unsupported(call: _Call, scale, backend: str) -> str | None:
+    """Why the Pallas kernel cannot take this call on ``backend`` (None if it may)."""
+    return pallas_supported(call.q, call.k, call.v, call.bias, call.mask, call.key_lengths,
+                            scale=scale, backend=backend)
+
+
+def _refused(implementation: str, reason: str | None) -> None:
+    if reason is not None:
+        raise ValueError(f"implementation={implementation!r} cannot run this call: {reason}; "
+                         f"use implementation=None to fall back to another path")
+
+
 def _choose(call: _Call, is_causal: bool, scale, implementation: str | None,
             heads_layout: bool, backend: str) -> tuple[str, str | None]:
     """The path that runs a checked call, and the one to fall back on if cuDNN refuses.
 
-    An explicit ``implementation`` is honoured (``'cudnn'`` raises ValueError with
-    the reason when it cannot run). ``None`` tries cuDNN where
-    :func:`_cudnn_unsupported` allows, and otherwise, or as its fallback, takes
-    ``'blockwise'`` if the scores exceed :data:`XLA_MEMORY_BUDGET_BYTES` or, on CPU,
-    if ``Lq`` and ``Lk`` reach :data:`CPU_BLOCKWISE_MIN_LENGTH`; ``'xla'`` otherwise.
+    An explicit ``implementation`` is honoured (``'cudnn'`` and ``'pallas'`` raise
+    ValueError with the reason when they cannot take the call; ``'pallas'`` off a GPU
+    runs interpreted, slowly). ``None`` follows the rules of the module docstring:
+    cuDNN where :func:`_cudnn_unsupported` allows, falling back on what the call
+    would run without it: the Pallas kernel on a GPU for long calls or past the
+    memory budget, blockwise past the memory budget or on a CPU from
+    :data:`CPU_BLOCKWISE_MIN_LENGTH`, xla otherwise.
     """
     if implementation == "cudnn":
-        reason = _cudnn_unsupported(call, is_causal, scale, heads_layout, backend)
-        if reason is not None:
-            raise ValueError(f"implementation='cudnn' cannot run this call: {reason}; use "
-                             f"implementation=None to fall back to another path")
+        _refused("cudnn", _cudnn_unsupported(call, is_causal, scale, heads_layout, backend))
         return "cudnn", None
+    if implementation == "pallas":
+        _refused("pallas", _pallas_unsupported(call, scale, "gpu"))
+        return "pallas", None
     if implementation is not None:
         return implementation, None
     itemsize = jnp.dtype(jnp.promote_types(call.q.dtype, jnp.float32)).itemsize
-    lq, lk = call.scores_shape[-2:]
+    short = min(call.scores_shape[-2:])
+    over_budget = math.prod(call.scores_shape) * itemsize > XLA_MEMORY_BUDGET_BYTES
     fallback = "xla"
-    if math.prod(call.scores_shape) * itemsize > XLA_MEMORY_BUDGET_BYTES or (
-            backend == "cpu" and min(lq, lk) >= CPU_BLOCKWISE_MIN_LENGTH):
+    if (over_budget or short >= GPU_PALLAS_MIN_LENGTH) and _pallas_unsupported(
+            call, scale, backend) is None:
+        fallback = "pallas"
+    elif over_budget or (backend == "cpu" and short >= CPU_BLOCKWISE_MIN_LENGTH):
         fallback = "blockwise"
     if _cudnn_unsupported(call, is_causal, scale, heads_layout, backend) is None:
         return "cudnn", fallback
@@ -251,8 +288,11 @@ def _keep_mask(mask: jax.Array | None, bias: jax.Array | None, key_lengths: jax.
     return keep
 
 
-def _attention_xla(call: _Call, is_causal: bool, scale, precision) -> jax.Array:
-    """Reference path: materialise the scores, softmax in float32, weight the values."""
+def _attention_xla(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
+    """Reference path: materialise the scores, softmax in float32, weight the values.
+
+    (``blocks`` is unused: the signature is that of the other paths.)
+    """
     q, k, v, mask, bias, key_lengths, scores_shape = call
     compute_dtype = jnp.promote_types(q.dtype, jnp.float32)
     logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=compute_dtype,
@@ -267,20 +307,27 @@ def _attention_xla(call: _Call, is_causal: bool, scale, precision) -> jax.Array:
     return jnp.broadcast_to(out, (*scores_shape[:-1], v.shape[-1])).astype(v.dtype)
 
 
-def _attention_blockwise(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
-    """Memory-efficient path: broadcast to the full leading axes, then the blockwise kernel."""
-    q, k, v, mask, bias, key_lengths, scores_shape = call
-    lead = scores_shape[:-2]
-    q = jnp.broadcast_to(q, (*lead, *q.shape[-2:]))
-    k = jnp.broadcast_to(k, (*lead, *k.shape[-2:]))
-    v = jnp.broadcast_to(v, (*lead, *v.shape[-2:]))
+def _full_leading_axes(call: _Call) -> _Call:
+    """q, k, v broadcast to the scores' leading axes; mask and bias of the scores' rank.
+
+    The form the blockwise and Pallas kernels take (broadcast, not copied, where XLA can).
+    """
+    lead, rank = call.scores_shape[:-2], len(call.scores_shape)
 
     def full_rank(x):
-        return None if x is None else x.reshape((1,) * (len(scores_shape) - x.ndim) + x.shape)
+        return None if x is None else x.reshape((1,) * (rank - x.ndim) + x.shape)
 
-    return blockwise_attention(q, k, v, full_rank(bias), full_rank(mask), key_lengths,
-                               scale=scale, is_causal=is_causal, block_q=blocks[0],
-                               block_k=blocks[1], precision=precision)
+    q, k, v = (jnp.broadcast_to(x, (*lead, *x.shape[-2:])) for x in call[:3])
+    return call._replace(q=q, k=k, v=v, mask=full_rank(call.mask), bias=full_rank(call.bias))
+
+
+def _attention_blockwise(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
+    """Memory-efficient path in pure JAX (:mod:`jaxmath.nn.blockwise_attention`)."""
+    q, k, v, mask, bias, key_lengths, _ = _full_leading_axes(call)
+    block_q, block_k = blocks or (DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K)
+    return blockwise_attention(q, k, v, bias, mask, key_lengths, scale=scale,
+                               is_causal=is_causal, block_q=block_q, block_k=block_k,
+                               precision=precision)
 
 
 def _attention_cudnn(q_btnh, k_bsnh, v_bsnh, call: _Call, is_causal: bool,
@@ -314,11 +361,16 @@ def _attention_cudnn(q_btnh, k_bsnh, v_bsnh, call: _Call, is_causal: bool,
     return jnp.where(seen, out, 0).astype(out.dtype)
 
 
-def _run_xla_or_blockwise(call: _Call, path: str, is_causal: bool, scale, blocks,
-                          precision) -> jax.Array:
-    if path == "blockwise":
-        return _attention_blockwise(call, is_causal, scale, blocks, precision)
-    return _attention_xla(call, is_causal, scale, precision)
+def _attention_pallas(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
+    """Flash attention in Pallas for NVIDIA GPUs (:mod:`jaxmath.nn.pallas_attention`)."""
+    q, k, v, mask, bias, key_lengths, _ = _full_leading_axes(call)
+    block_q, block_k = blocks or (None, None)
+    return pallas_attention(q, k, v, bias, mask, key_lengths, scale=scale,
+                            is_causal=is_causal, block_q=block_q, block_k=block_k,
+                            precision=precision)
+
+
+_PATHS = {"xla": _attention_xla, "blockwise": _attention_blockwise, "pallas": _attention_pallas}
 
 
 @functools.partial(jax.jit, static_argnames=("is_causal", "scale", "path", "fallback",
@@ -335,11 +387,10 @@ def _attention(q, k, v, mask, bias, key_lengths, scale_array, *, is_causal, scal
             if fallback is None:
                 raise
             path = fallback
+    run = _PATHS[path]
     if not heads:
-        return _run_xla_or_blockwise(call, path, is_causal, scale, blocks, precision)
-    grouped = _to_groups(call)
-    out = _run_xla_or_blockwise(grouped, path, is_causal, scale, blocks,
-                                precision)  # [..., Hkv, G, L, dv]
+        return run(call, is_causal, scale, blocks, precision)
+    out = run(_to_groups(call), is_causal, scale, blocks, precision)  # [..., Hkv, G, L, dv]
     out = out.reshape(*out.shape[:-4], -1, *out.shape[-2:])
     return jnp.swapaxes(out, -2, -3)
 
@@ -474,17 +525,22 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
         key blocks with memory O((Lq + Lk)·d) in the forward and backward passes
         (:mod:`jaxmath.nn.blockwise_attention`); ``'cudnn'`` is
         ``jax.nn.dot_product_attention(implementation='cudnn')``, which needs an
-        NVIDIA GPU, float16/bfloat16 inputs, ``d == dv``, a Python-number ``scale``,
-        at most ``[B, H]`` leading axes and ``Lq == Lk`` if causal, and raises
-        ValueError otherwise. ``None`` (default) picks the fastest that supports
-        the call (:func:`attention_implementation` tells which): cuDNN where it can run
-        (falling back if it refuses the call), else blockwise when the float32
-        scores would exceed :data:`XLA_MEMORY_BUDGET_BYTES` (1 GiB) or, on CPU, when
-        ``Lq`` and ``Lk`` are both at least :data:`CPU_BLOCKWISE_MIN_LENGTH` (1024),
-        else xla.
+        NVIDIA GPU, float16/bfloat16 inputs, a Python-number ``scale``, at most
+        ``[B, H]`` leading axes and ``Lq == Lk`` if causal, and raises ValueError
+        otherwise; ``'pallas'`` is the same online softmax as blockwise in Pallas
+        kernels for NVIDIA GPUs (:mod:`jaxmath.nn.pallas_attention`: float32,
+        bfloat16 or float16, head sizes up to 256, a Python-number ``scale``;
+        elsewhere than on a GPU it runs interpreted, slowly). ``None`` (default)
+        picks the fastest path that takes the call, by the rules of the module
+        docstring (:func:`attention_implementation` tells which): on an NVIDIA GPU
+        cuDNN, else Pallas for long calls; on a CPU blockwise from
+        :data:`CPU_BLOCKWISE_MIN_LENGTH` (1024) queries and keys; blockwise
+        wherever the float32 scores would exceed :data:`XLA_MEMORY_BUDGET_BYTES`
+        (1 GiB) and no kernel takes the call; else xla.
       block_size: ``block_q`` or ``(block_q, block_k)`` for the blockwise path
-        (default ``(512, 256)``, tuned on CPU); ignored by a default call that runs
-        another path, an error with ``'xla'`` or ``'cudnn'``.
+        (default ``(512, 256)``, tuned on CPU) or the Pallas kernels (powers of two
+        of at least 16; default by dtype and head size); ignored by a default call
+        that runs another path, an error with ``'xla'`` or ``'cudnn'``.
       precision: of the two matrix products :math:`QK^T` and :math:`PV` (and of
         the backward pass), as ``jnp.matmul``'s. ``None`` (default) is JAX's
         default, as in every neural-network layer of jaxmath: float32 on CPU,
@@ -502,9 +558,10 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
       ``jax.nn.dot_product_attention`` returns (it masks with a large negative
       number) -- and its gradients with respect to every input are zero. Elsewhere
       gradients are those of the formula above, with respect to ``q``, ``k``, ``v``,
-      ``bias`` and a traced ``scale``. The blockwise path (the default on CPU from
-      1024 queries and keys) defines reverse mode only (``jax.grad``, ``jax.vjp``):
-      for ``jax.jvp`` pass ``implementation='xla'``.
+      ``bias`` and a traced ``scale``. The blockwise and Pallas paths (the
+      defaults on a CPU from 1024 queries and keys and on a GPU from 512) define
+      reverse mode only (``jax.grad``, ``jax.vjp``): for ``jax.jvp`` pass
+      ``implementation='xla'``.
 
     Raises:
       ValueError: rank < 2, different ``d`` in ``q`` and ``k``, different ``Lk`` in
@@ -566,10 +623,11 @@ def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
       scale: multiplier of :math:`QK^T`; default :math:`1/\sqrt{d}`.
       key_lengths: optional integers broadcastable to the batch axes ``[...]``
         (e.g. ``[B]``): keys ``j >= key_lengths`` are masked out in every head.
-      implementation: ``None``, ``'xla'``, ``'blockwise'`` or ``'cudnn'``, as in
-        :func:`attention` (cuDNN takes at most one batch axis here and runs on this
-        layout without transposes).
-      block_size: block sizes of the blockwise path, as in :func:`attention`.
+      implementation: ``None``, ``'xla'``, ``'blockwise'``, ``'cudnn'`` or
+        ``'pallas'``, as in :func:`attention` (cuDNN takes at most one batch axis
+        here and runs on this layout without transposes; xla, blockwise and Pallas
+        see the key/value heads broadcast over each group).
+      block_size: block sizes of the blockwise or Pallas path, as in :func:`attention`.
       precision: of the matrix products, as in :func:`attention` (None: JAX's
         default; ``"highest"``: float32 on every backend).
 
@@ -602,21 +660,24 @@ def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                              key_lengths: ArrayLike | None = None,
                              implementation: str | None = None,
                              multi_head: bool = False, backend: str | None = None) -> str:
-    r"""The path, ``'xla'``, ``'blockwise'`` or ``'cudnn'``, that a call runs.
+    r"""The path, ``'xla'``, ``'blockwise'``, ``'cudnn'`` or ``'pallas'``, that a call runs.
 
     Takes the arguments of :func:`attention` (or of :func:`multi_head_attention`
     with ``multi_head=True``), checks them the same way and returns the path chosen
     for them on ``backend`` (``'cpu'``, ``'gpu'`` or ``'tpu'``; default: JAX's
-    default backend). By default: ``'cudnn'`` where it can run (an NVIDIA GPU);
-    else ``'blockwise'`` if the scores of the xla path would exceed the memory
+    default backend), by the rules of the module docstring. By default:
+    ``'cudnn'`` where it can run (an NVIDIA GPU); else, on a GPU, ``'pallas'`` if
+    the kernel takes the call and :math:`\min(L_q, L_k) \ge`
+    ``GPU_PALLAS_MIN_LENGTH`` or the scores of the xla path would exceed the memory
     budget,
 
     .. math:: 4 \cdot \textstyle\prod(\text{batch axes}) \cdot H \cdot L_q \cdot L_k
-       \ \text{bytes} > \texttt{XLA\_MEMORY\_BUDGET\_BYTES},
+       \ \text{bytes} > \texttt{XLA\_MEMORY\_BUDGET\_BYTES};
 
-    or, on CPU, if :math:`\min(L_q, L_k) \ge` ``CPU_BLOCKWISE_MIN_LENGTH``; else
-    ``'xla'``. Where ``'cudnn'`` is chosen by default the kernel may still refuse
-    the call when it is traced; the call then runs the blockwise or xla path.
+    else ``'blockwise'`` past the budget or, on CPU, if :math:`\min(L_q, L_k) \ge`
+    ``CPU_BLOCKWISE_MIN_LENGTH``; else ``'xla'``. Where ``'cudnn'`` is chosen by
+    default the kernel may still refuse the call when it is traced; the call then
+    runs the path this function gives for it without cuDNN.
 
     Example:
       >>> x = jnp.zeros((8, 1024, 64))
@@ -625,6 +686,8 @@ def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
       >>> attention_implementation(x[:, :8], x, x, backend="cpu")
       'xla'
       >>> attention_implementation(x, x, x, backend="gpu")  # float32: not cuDNN
+      'pallas'
+      >>> attention_implementation(x[:, :8], x, x, backend="gpu")  # decoding: short
       'xla'
       >>> x16 = x.astype(jnp.bfloat16)[None].transpose(0, 2, 1, 3)  # [B, L, H, d]
       >>> attention_implementation(x16, x16, x16, multi_head=True, backend="gpu")
