@@ -5,6 +5,7 @@ from jaxmath.nn.blockwise_attention import blockwise_attention
 from jaxmath.nn.conv import conv2d, convolve
 from jaxmath.nn.conv_layer import Conv2D
 from jaxmath.nn.mha import MultiHeadAttention
+from jaxmath.nn.pallas_attention import pallas_attention
 from jaxmath.nn.softmax import log_softmax, softmax
 from jaxmath.nn.transformer import (
     Transformer,
@@ -26,6 +27,7 @@ __all__ = [
     "convolve",
     "log_softmax",
     "multi_head_attention",
+    "pallas_attention",
     "sinusoidal_positions",
     "softmax",
 ]
