@@ -346,7 +346,11 @@ def test_label_smoothing_out_of_range_raises_under_jit():
 
 
 def _grads(fn, logits, *args, **kwargs):
-    return np.asarray(jax.grad(lambda z: jnp.sum(fn(z, *args, **kwargs)))(logits))
+    return np.asarray(jax.jit(jax.grad(lambda z: jnp.sum(fn(z, *args, **kwargs))))(logits))
+
+
+def _values(fn, logits, *args, **kwargs):
+    return np.asarray(jax.jit(lambda z: fn(z, *args, **kwargs))(logits))
 
 
 INT_CASES = {  # name: (logits shape, axis, where shape or None)
@@ -403,10 +407,9 @@ def test_integer_labels_match_optax(case, rng):
     labels = np.array([rng.choice(np.flatnonzero(row)) if row.any() else 0
                        for row in included]).reshape(batch)
     np.testing.assert_allclose(
-        np.asarray(softmax_cross_entropy(logits, labels, **kwargs)),
-        np.asarray(optax.losses.softmax_cross_entropy_with_integer_labels(logits, labels,
-                                                                          **theirs)),
-        rtol=F32_RTOL, atol=F32_ATOL)
+        _values(softmax_cross_entropy, logits, labels, **kwargs),
+        _values(optax.losses.softmax_cross_entropy_with_integer_labels, logits, labels,
+                **theirs), rtol=F32_RTOL, atol=F32_ATOL)
     np.testing.assert_allclose(
         _grads(softmax_cross_entropy, logits, labels, **kwargs),
         _grads(optax.losses.softmax_cross_entropy_with_integer_labels, logits, labels,
@@ -437,11 +440,11 @@ def test_probability_targets_match_optax(case, rng):
         else:
             where_optax = where
         kwargs["where"] = where
-    got = np.asarray(softmax_cross_entropy(logits, targets, **kwargs))
+    got = _values(softmax_cross_entropy, logits, targets, **kwargs)
     if where_shape is not None:
         kwargs["where"] = where_optax
     np.testing.assert_allclose(
-        got, np.asarray(optax.losses.softmax_cross_entropy(logits, targets, **kwargs)),
+        got, _values(optax.losses.softmax_cross_entropy, logits, targets, **kwargs),
         rtol=F32_RTOL, atol=F32_ATOL)
     if where_shape is not None:
         kwargs["where"] = where
@@ -455,35 +458,26 @@ def test_probability_targets_match_optax(case, rng):
 @pytest.mark.parametrize("smoothing", [0.1, 0.3])
 def test_label_smoothing_matches_optax_smoothed_targets(smoothing, rng):
     # optax has no smoothing for integer labels: compare with smoothed one-hot targets.
+    def check(ours, theirs):  # values and logit gradients
+        for run in (_values, _grads):
+            np.testing.assert_allclose(run(softmax_cross_entropy, *ours),
+                                       run(optax.losses.softmax_cross_entropy, *theirs),
+                                       rtol=F32_RTOL, atol=F32_ATOL)
+
     logits, labels = _logits(rng), rng.integers(0, K, B)
     smoothed = optax.smooth_labels(jax.nn.one_hot(labels, K), smoothing)
-    _check = np.testing.assert_allclose
-    _check(np.asarray(softmax_cross_entropy(logits, labels, label_smoothing=smoothing)),
-           np.asarray(optax.losses.softmax_cross_entropy(logits, smoothed)),
-           rtol=F32_RTOL, atol=F32_ATOL)
-    _check(_grads(softmax_cross_entropy, logits, labels, label_smoothing=smoothing),
-           _grads(optax.losses.softmax_cross_entropy, logits, smoothed),
-           rtol=F32_RTOL, atol=F32_ATOL)
+    check((logits, labels, -1, smoothing), (logits, smoothed))
     # Over a tuple of class axes: smoothing spreads over all K = 3 * 4 classes.
     logits4 = _logits(rng, (2, 3, 4))
     flat = rng.integers(0, 12, 2)
     smoothed4 = optax.smooth_labels(jax.nn.one_hot(flat, 12), smoothing).reshape(2, 3, 4)
-    _check(np.asarray(softmax_cross_entropy(logits4, flat, axis=(1, 2),
-                                            label_smoothing=smoothing)),
-           np.asarray(optax.losses.softmax_cross_entropy(logits4, smoothed4, axis=(1, 2))),
-           rtol=F32_RTOL, atol=F32_ATOL)
+    check((logits4, flat, (1, 2), smoothing), (logits4, smoothed4, (1, 2)))
     # With a class mask it spreads over the included classes only.
     mask = ENTRY_MASK | (np.arange(K) == labels[:, None])
     mask[-1] = False
     t = ((1 - smoothing) * np.eye(K)[labels] * mask
          + smoothing * mask / np.maximum(mask.sum(-1, keepdims=True), 1)).astype(np.float32)
-    _check(np.asarray(softmax_cross_entropy(logits, labels, label_smoothing=smoothing,
-                                            where=mask)),
-           np.asarray(optax.losses.softmax_cross_entropy(logits, t, where=mask)),
-           rtol=F32_RTOL, atol=F32_ATOL)
-    _check(_grads(softmax_cross_entropy, logits, labels, label_smoothing=smoothing, where=mask),
-           _grads(optax.losses.softmax_cross_entropy, logits, t, where=mask),
-           rtol=F32_RTOL, atol=F32_ATOL)
+    check((logits, labels, -1, smoothing, mask), (logits, t, -1, mask))
 
 
 def test_where_reading_when_both_fit(rng):

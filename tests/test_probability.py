@@ -744,7 +744,7 @@ def test_tuple_axes_validate():
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
-@pytest.mark.parametrize("shape", [(5,), (7, 13), (64, 1000), (2, 3, 4)])
+@pytest.mark.parametrize("shape", [(5,), (7, 13), (64, 1000)])  # scalar and vector loops
 def test_exact_zeros(dtype, shape, rng):
     """KL(p || p) and JS(p, p) are +0.0 bit for bit, the entropy of a one-hot is 0:
     eager and jitted, with zeros in the rows, in float32 and float64."""

@@ -221,7 +221,7 @@ def test_bad_inputs(call, exc, match):
 
 
 @pytest.mark.parametrize("fn", FUNCS)
-@pytest.mark.parametrize("axis", [(1, 2), (2, 0), (-1, -3, 1), [0, 1]])
+@pytest.mark.parametrize("axis", [(2, 0), (-1, -3, 1), [0, 1]])
 def test_tuple_axes_match_scipy_and_jax_nn(fn, axis, rng):
     z = rng.normal(scale=5.0, size=(2, 3, 4)).astype(np.float32)
     got = np.asarray(fn(z, axis=axis))
