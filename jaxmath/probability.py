@@ -22,12 +22,13 @@ normal number of the dtype; on CPU, XLA's log already treats subnormal
 numbers as 0.) :func:`_rel_entr` has exactly the derivative of
 ``_xlogy(x, x) - _xlogy(x, y)``.
 
-Exact zeros. ``kl_divergence(p, p)`` and ``js_divergence(p, p)`` are exactly +0.0 and
-the entropy of a one-hot row is exactly 0, in every dtype and under ``jax.jit``: each
-term is :math:`x (\log x - \log y)` with two bitwise-equal logs. Written as
+Exact zeros. ``kl_divergence(p, p)`` and ``js_divergence(p, p)`` are exactly +0.0, in
+every dtype and under ``jax.jit``: each term is :math:`x (\log x - \log y)` with two
+bitwise-equal logs (for JS, :math:`M = (P + P) / 2 = P` exactly). Written as
 :math:`x \log x - x \log y`, XLA:CPU's LLVM backend contracts the products into
 ``fma(x, log x, -round(x log y))``, which leaves the rounding error of one product
-(about 1e-8 per row in float32, 1e-17 in float64) instead of 0.
+(about 1e-8 per row in float32, 1e-17 in float64) instead of 0. The entropy of a
+one-hot row is exactly 0 too (:math:`1 \log 1 = 0 \log 0 = 0`).
 
 Masks. The measures take ``where=``, a boolean mask of the entries that count (True =
 include, the rule of ``jax.nn`` and ``optax.losses``), broadcastable to the inputs. An
