@@ -173,12 +173,13 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(results)
     if not args.no_write:
-        data = {"machine": machine, "fields": FIELDS, "benchmarks": {}}
-        if args.output.exists():
+        data = {}
+        if args.output.exists():  # other records (e.g. "experiments") are kept as they are
             try:
-                data["benchmarks"] = json.loads(args.output.read_text()).get("benchmarks", {})
+                data = json.loads(args.output.read_text())
             except (OSError, ValueError):
                 pass
+        data.update(machine=machine, fields=FIELDS, benchmarks=data.get("benchmarks", {}))
         data["benchmarks"].update(results)
         data["benchmarks"] = {k: data["benchmarks"][k] for k in REGISTRY
                               if k in data["benchmarks"]}
