@@ -14,6 +14,7 @@ checks, reported when the caller wraps the function in ``checkify.checkify``.
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Sequence
 
 import jax
@@ -141,19 +142,52 @@ def check_choice(value: object, name: str, choices: Iterable[object]) -> None:
         raise ValueError(f"{name} must be one of {choices!r}, got {value!r}")
 
 
+def check_int(value: object, name: str, minimum: int | None = None, *,
+              static: str | None = None) -> int:
+    """``value`` as a Python int (bools refused); TypeError / ValueError naming ``name``.
+
+    ``minimum``: the smallest value allowed. ``static``: why the value must be a Python
+    int rather than an array (e.g. ``"a static value: it fixes array shapes"``), said in
+    the TypeError.
+
+    Example:
+      >>> check_int(3, "num_steps", 1)
+      3
+      >>> check_int(0, "num_steps", 1)
+      Traceback (most recent call last):
+      ...
+      ValueError: num_steps must be >= 1, got 0
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        kind = "an int" if static is None else f"a Python int ({static})"
+        raise TypeError(f"{name} must be {kind}, got {type(value).__name__}")
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return int(value)
+
+
+def is_tracer(x: object) -> bool:
+    """Whether ``x`` is traced (its value unknown until the program runs)."""
+    return isinstance(x, jax.core.Tracer)
+
+
+def check_bool_mask(mask: ArrayLike, name: str = "mask", hint: str = "") -> jax.Array:
+    """``mask`` as a boolean array (True = include / attend); TypeError otherwise."""
+    mask = jnp.asarray(mask)
+    if mask.dtype != jnp.bool_:
+        raise TypeError(f"{name} must be boolean (True = attend), got dtype {mask.dtype}{hint}")
+    return mask
+
+
 def check_integer(x: jax.Array, name: str) -> None:
     """Raise TypeError unless ``x`` has an integer dtype."""
     if not jnp.issubdtype(x.dtype, jnp.integer):
         raise TypeError(f"{name} must have an integer dtype, got {x.dtype}")
 
 
-def _is_concrete(x: jax.Array) -> bool:
-    return not isinstance(x, jax.core.Tracer)
-
-
 def check_values(ok: jax.Array, message: str) -> None:
     """Require ``all(ok)``: ValueError eagerly, a checkify check under tracing."""
-    if _is_concrete(ok):
+    if not is_tracer(ok):
         if not bool(jnp.all(ok)):
             raise ValueError(message)
     else:
