@@ -1,7 +1,7 @@
 r"""Linear algebra: the linear map, eigendecompositions, the SVD and PCA.
 
 Thin, checked wrappers over ``jax.numpy.linalg`` / ``jax.lax.linalg`` with the
-seed's equations in the docstrings, clear errors for bad shapes, and the
+equations in the docstrings, clear errors for bad shapes, and the
 behaviour of their gradients spelled out; plus PCA as an immutable pytree whose
 signs follow scikit-learn.
 
@@ -17,10 +17,16 @@ from functools import partial
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax import struct
 
-from jaxmath._checks import as_float, as_floats, check_choice, check_ndim, check_nonempty
+from jaxmath._checks import (
+    as_float,
+    as_floats,
+    check_choice,
+    check_int,
+    check_ndim,
+    check_nonempty,
+)
 from jaxmath._precision import CLASSICAL, check_precision
 
 ArrayLike = jax.typing.ArrayLike
@@ -285,6 +291,15 @@ def _fit_pca(X: jax.Array, key: jax.Array | None, *, n_components: int, solver: 
                 explained_variance_ratio=ratio, singular_values=S[:k])
 
 
+def _last_axis(x: ArrayLike, name: str, size: int, entries: str) -> jax.Array:
+    """``x`` as a float array ``[..., size]``; ValueError saying the ``entries`` wanted."""
+    x = as_float(x, name)
+    if x.ndim < 1 or x.shape[-1] != size:
+        raise ValueError(f"{name} must have {entries} on its last axis, got shape "
+                         f"{tuple(x.shape)}")
+    return x
+
+
 @partial(jax.jit, static_argnames="whiten")
 def _transform(mean, components, explained_variance, X, *, whiten):
     Z = jnp.matmul(X - mean, components.T, precision=CLASSICAL)
@@ -393,10 +408,7 @@ class PCA:
         n, d = X.shape
         if n < 2:
             raise ValueError(f"X must have at least 2 rows (samples), got shape {(n, d)}")
-        if isinstance(n_components, bool) or not isinstance(n_components, int | np.integer):
-            raise TypeError(
-                f"n_components must be a Python int (static under jax.jit), got "
-                f"{type(n_components).__name__}")
+        n_components = check_int(n_components, "n_components", static="static under jax.jit")
         if not 1 <= n_components <= min(n, d):
             raise ValueError(
                 f"n_components={n_components} must be between 1 and min(n_samples, "
@@ -405,7 +417,7 @@ class PCA:
         solver = _auto_solver(n, d) if svd_solver == "auto" else svd_solver
         if solver == "randomized" and key is None:
             raise ValueError("svd_solver='randomized' needs a PRNG key: pass key=...")
-        fitted = _fit_pca(X, key, n_components=int(n_components), solver=solver,
+        fitted = _fit_pca(X, key, n_components=n_components, solver=solver,
                           n_oversamples=int(n_oversamples), n_iter=n_iter)
         return cls(**fitted, whiten=bool(whiten), svd_solver=solver)
 
@@ -432,11 +444,7 @@ class PCA:
           training data (components with zero variance are divided by ``eps``
           instead of 0, as scikit-learn). Linear in ``X``.
         """
-        X = as_float(X, "X")
-        if X.ndim < 1 or X.shape[-1] != self.num_features:
-            raise ValueError(
-                f"X must have {self.num_features} features on its last axis, got shape "
-                f"{tuple(X.shape)}")
+        X = _last_axis(X, "X", self.num_features, f"{self.num_features} features")
         return _transform(self.mean, self.components, self.explained_variance, X,
                           whiten=self.whiten)
 
@@ -450,10 +458,6 @@ class PCA:
           ``[..., d]`` reconstructions, the orthogonal projection of the original
           data onto the principal subspace. Linear in ``Z``.
         """
-        Z = as_float(Z, "Z")
-        if Z.ndim < 1 or Z.shape[-1] != self.n_components:
-            raise ValueError(
-                f"Z must have n_components={self.n_components} entries on its last axis, got "
-                f"shape {tuple(Z.shape)}")
+        Z = _last_axis(Z, "Z", self.n_components, f"n_components={self.n_components} entries")
         return _inverse_transform(self.mean, self.components, self.explained_variance, Z,
                                   whiten=self.whiten)

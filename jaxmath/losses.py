@@ -174,7 +174,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike,
     _checks.check_ndim(smoothing, "label_smoothing", 0)
     # Read the range from the argument itself: under jit even a constant becomes a tracer
     # once converted with jnp.
-    if not isinstance(label_smoothing, jax.core.Tracer) and not 0 <= float(
+    if not _checks.is_tracer(label_smoothing) and not 0 <= float(
             np.asarray(label_smoothing)) <= 1:
         raise ValueError(f"label_smoothing must be in [0, 1], got {label_smoothing!r}")
 
@@ -188,8 +188,7 @@ def softmax_cross_entropy(logits: ArrayLike, labels: ArrayLike,
         message = (f"integer labels must lie in [0, {num_classes}) for logits with "
                    f"{num_classes} classes along axis {axis}")
         counted = None if mask is None else jnp.any(jnp.broadcast_to(mask, shape), axis=axes)
-        if not isinstance(labels, jax.core.Tracer) and (
-                counted is None or not isinstance(counted, jax.core.Tracer)):
+        if not _checks.is_tracer(labels) and not _checks.is_tracer(counted):
             values = np.asarray(labels)
             if counted is not None:  # the labels of excluded examples are not read
                 values = values[np.asarray(counted)]

@@ -201,13 +201,9 @@ def sliced_wasserstein(x: ArrayLike, y: ArrayLike, key: jax.Array | None = None,
     if directions is None:
         if key is None:
             raise ValueError("sliced_wasserstein needs a PRNG key or explicit directions")
-        if isinstance(num_projections, bool) or not isinstance(num_projections,
-                                                               int | np.integer):
-            raise TypeError(f"num_projections must be a Python int (static), got "
-                            f"{type(num_projections).__name__}")
-        if num_projections < 1:
-            raise ValueError(f"num_projections must be >= 1, got {num_projections}")
-        theta = jax.random.normal(key, (int(num_projections), d), x.dtype)
+        num_projections = _checks.check_int(num_projections, "num_projections", 1,
+                                            static="static")
+        theta = jax.random.normal(key, (num_projections, d), x.dtype)
     else:
         theta = _checks.as_float(directions, "directions").astype(x.dtype)
         if theta.ndim != 2 or theta.shape[1] != d or theta.shape[0] == 0:
@@ -233,7 +229,7 @@ def _bandwidths(bandwidth: ArrayLike, dtype: jnp.dtype) -> jax.Array:
     sigma = _checks.as_float(bandwidth, "bandwidth")
     _checks.check_ndim(sigma, "bandwidth", (0, 1))
     _checks.check_nonempty(sigma, "bandwidth")
-    if not isinstance(bandwidth, jax.core.Tracer):
+    if not _checks.is_tracer(bandwidth):
         value = np.asarray(bandwidth, dtype=float)
         if not np.all((value > 0) & np.isfinite(value)):
             raise ValueError(f"bandwidth must be finite and > 0, got {value}")

@@ -28,37 +28,33 @@ import jax.numpy as jnp
 import numpy as np
 from flax import struct
 
-from jaxmath._checks import as_float, check_integer, check_ndim, check_nonempty
+from jaxmath._checks import (
+    as_float,
+    check_int,
+    check_integer,
+    check_ndim,
+    check_nonempty,
+    is_tracer,
+)
 
 ArrayLike = jax.typing.ArrayLike
 
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def _is_traced(x: object) -> bool:
-    return isinstance(x, jax.core.Tracer)
-
-
-def _static_int(value: object, name: str, minimum: int = 1) -> int:
-    """``value`` as a Python int >= ``minimum``: it fixes an array shape, so it must be static."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"{name} must be a Python int (a static value: it fixes array shapes; under "
-            f"jax.jit mark it static), got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
+# Why a count must be a Python int, said in the TypeError of check_int.
+_STATIC = "a static value: it fixes array shapes; under jax.jit mark it static"
 
 
 def _num_classes(y: jax.Array, num_classes: int | None) -> int:
     """The static number of classes: given, or ``max(y) + 1`` read from a concrete ``y``."""
     if num_classes is None:
-        if _is_traced(y):
+        if is_tracer(y):
             raise ValueError(
                 "num_classes must be given when y is traced (inside jax.jit, jax.vmap or "
                 "another transformation); pass num_classes=<int> as a static argument")
         num_classes = max(int(np.max(np.asarray(y))) + 1, 1) if y.size else 1
-    return _static_int(num_classes, "num_classes")
+    return check_int(num_classes, "num_classes", 1, static=_STATIC)
 
 
 def _check_labels(y: ArrayLike, n: int, num_classes: int) -> jax.Array:
@@ -68,7 +64,7 @@ def _check_labels(y: ArrayLike, n: int, num_classes: int) -> jax.Array:
     if y.shape[0] != n:
         raise ValueError(
             f"y must have one label per row of X: X has {n} rows, y has shape {tuple(y.shape)}")
-    if not _is_traced(y) and y.size:
+    if not is_tracer(y) and y.size:
         yn = np.asarray(y)
         lo, hi = int(yn.min()), int(yn.max())
         if lo < 0 or hi >= num_classes:
@@ -78,37 +74,35 @@ def _check_labels(y: ArrayLike, n: int, num_classes: int) -> jax.Array:
     return y
 
 
+def _vector(x: ArrayLike, name: str, n: int, entries: str
+            ) -> tuple[jax.Array, np.ndarray | None]:
+    """``x`` as a float ``[n]`` array, and its float64 values when known (None if traced)."""
+    v = as_float(x, name)
+    if v.shape != (n,):
+        raise ValueError(f"{name} must have shape ({n},) ({entries}), got shape "
+                         f"{tuple(v.shape)}")
+    return v, None if is_tracer(v) else np.asarray(v, np.float64)
+
+
 def _check_weights(sample_weight: ArrayLike | None, n: int) -> jax.Array | None:
     if sample_weight is None:
         return None
-    w = as_float(sample_weight, "sample_weight")
-    if w.shape != (n,):
-        raise ValueError(
-            f"sample_weight must have shape ({n},) (one weight per row of X), got "
-            f"shape {tuple(w.shape)}")
-    if not _is_traced(w):
-        wn = np.asarray(w)
-        if not np.all(np.isfinite(wn) & (wn >= 0)):
-            raise ValueError("sample_weight must hold finite weights >= 0")
+    w, values = _vector(sample_weight, "sample_weight", n, "one weight per row of X")
+    if values is not None and not np.all(np.isfinite(values) & (values >= 0)):
+        raise ValueError("sample_weight must hold finite weights >= 0")
     return w
 
 
 def _check_priors(priors: ArrayLike, num_classes: int, dtype) -> jax.Array:
-    p = as_float(priors, "priors")
-    if p.shape != (num_classes,):
-        raise ValueError(
-            f"priors must have shape ({num_classes},) (one per class), got shape "
-            f"{tuple(p.shape)}")
-    if not _is_traced(p):
-        pn = np.asarray(p, np.float64)
-        if not (np.all(pn >= 0) and abs(pn.sum() - 1.0) <= 1e-5):
-            raise ValueError(f"priors must be >= 0 and sum to 1, got {pn}")
+    p, values = _vector(priors, "priors", num_classes, "one per class")
+    if values is not None and not (np.all(values >= 0) and abs(values.sum() - 1.0) <= 1e-5):
+        raise ValueError(f"priors must be >= 0 and sum to 1, got {values}")
     return _as_dtype(p, dtype)
 
 
 def _as_dtype(x: jax.Array, dtype) -> jax.Array:
     """``x.astype(dtype)``; on concrete values through NumPy (no XLA compilation)."""
-    if _is_traced(x) or x.dtype == dtype:
+    if is_tracer(x) or x.dtype == dtype:
         return x.astype(dtype)
     return jnp.asarray(np.asarray(x).astype(dtype))
 
@@ -274,15 +268,15 @@ class GaussianNB:
           A model with zero counts, means and variances and a uniform prior (or
           ``priors``); ``init(...).partial_fit(X, y)`` equals ``fit(X, y)``.
         """
-        num_classes = _static_int(num_classes, "num_classes")
-        num_features = _static_int(num_features, "num_features")
+        num_classes = check_int(num_classes, "num_classes", 1, static=_STATIC)
+        num_features = check_int(num_features, "num_features", 1, static=_STATIC)
         dtype = jnp.dtype(dtype) if dtype is not None else jnp.result_type(float)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype must be a float dtype, got {dtype}")
         s = as_float(var_smoothing, "var_smoothing")
         if s.ndim != 0:
             raise ValueError(f"var_smoothing must be a scalar, got shape {tuple(s.shape)}")
-        if not _is_traced(s) and not float(np.asarray(s)) >= 0:
+        if not is_tracer(s) and not float(np.asarray(s)) >= 0:
             raise ValueError(f"var_smoothing must be >= 0, got {float(np.asarray(s))}")
         zeros = jnp.asarray(np.zeros((num_classes, num_features), dtype))
         counts = jnp.asarray(np.zeros((num_classes,), dtype))
