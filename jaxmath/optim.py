@@ -1,4 +1,4 @@
-r"""Gradient descent and backpropagation: the seed's optimisation equations.
+r"""Gradient descent and backpropagation: the update rule and the chain rule.
 
 :func:`gradient_descent` runs :math:`\theta_{t+1} = \theta_t - \eta \nabla_\theta L(\theta_t)`
 as one ``lax.scan`` with ``jax.grad`` inside; :func:`gradient_descent_sweep` runs it
@@ -27,13 +27,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 from jax import lax
 
 from jaxmath._checks import (
     as_float,
     as_floats,
+    check_int,
     check_ndim,
     check_nonempty,
 )
@@ -43,7 +43,7 @@ ArrayLike = jax.typing.ArrayLike
 PyTree = Any
 LossFn = Callable[..., jax.Array]
 
-# Sweep members per vectorised chunk on CPU. On the seed's problem (4,096 rates,
+# Sweep members per vectorised chunk on CPU. On the blog post's regression (4,096 rates,
 # 1,000 steps, 2 cores) chunks of 128-512 ran 2-3x faster than the whole sweep at
 # once: per-step arrays stay in cache, and the loss's small reduction stays fused
 # into the loop body (above ~4,096 elements XLA:CPU makes it a separate library
@@ -53,16 +53,6 @@ _CPU_CHUNK_SIZE = 256
 
 
 # --------------------------------------------------------------------------- checks
-
-
-def _check_positive_int(value: object, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(
-            f"{name} must be a static Python int (it fixes the shape of the result), "
-            f"got {type(value).__name__}")
-    if value <= 0:
-        raise ValueError(f"{name} must be a positive int, got {value}")
-    return int(value)
 
 
 def _check_loss_fn(loss_fn: object) -> None:
@@ -75,12 +65,12 @@ def _as_params(params: PyTree) -> PyTree:
     leaves, treedef = jax.tree_util.tree_flatten_with_path(params)
     if not leaves:
         raise ValueError("params must contain at least one array, got an empty pytree")
-    arrays = [_strong(as_float(leaf, f"params{jax.tree_util.keystr(path)}"))
+    arrays = [_without_weak_type(as_float(leaf, f"params{jax.tree_util.keystr(path)}"))
               for path, leaf in leaves]
     return jax.tree.unflatten(treedef, arrays)
 
 
-def _strong(x: jax.Array) -> jax.Array:
+def _without_weak_type(x: jax.Array) -> jax.Array:
     """``x`` without JAX's weak type, so a Python float and an array share one compilation."""
     return x.astype(x.dtype)
 
@@ -100,14 +90,27 @@ def _check_scalar_loss(loss_fn: LossFn, params: PyTree, args: tuple) -> None:
         raise TypeError(f"loss_fn must return a real floating scalar, got dtype {out.dtype}")
 
 
-def _prepare(loss_fn: LossFn, params: PyTree, num_steps: object, args: tuple,
-             unroll: object, precision: object) -> tuple[PyTree, int, int, str | None]:
+def _checked_run_args(loss_fn: LossFn, params: PyTree, num_steps: object, args: tuple,
+                      unroll: object, precision: object
+                      ) -> tuple[PyTree, int, int, str | None]:
+    """The arguments every driver shares, checked: ``(params, num_steps, unroll, precision)``
+    with float leaves, Python ints and a name for ``jax.default_matmul_precision``."""
     _check_loss_fn(loss_fn)
-    num_steps = _check_positive_int(num_steps, "num_steps")
-    unroll = _check_positive_int(unroll, "unroll")
+    num_steps = check_int(num_steps, "num_steps", 1,
+                          static="static: it fixes the shape of the result")
+    unroll = check_int(unroll, "unroll", 1, static="static: lax.scan's unroll")
     params = _as_params(params)
     _check_scalar_loss(loss_fn, params, args)
     return params, num_steps, unroll, context_name(precision)
+
+
+def _learning_rates(value: ArrayLike, name: str, ndim: int, want: str,
+                    hint: str = "") -> jax.Array:
+    """``value`` as a floating array of rank ``ndim``, without JAX's weak type."""
+    lr = _without_weak_type(as_float(value, name))
+    if lr.ndim != ndim:
+        raise ValueError(f"{name} must {want}, got shape {tuple(lr.shape)}{hint}")
+    return lr
 
 
 def _descend(params: PyTree, grads: PyTree, learning_rate: jax.Array) -> PyTree:
@@ -163,13 +166,10 @@ def gradient_descent(loss_fn: LossFn, params: PyTree, learning_rate: ArrayLike,
       >>> losses.shape
       (1000,)
     """
-    params, num_steps, unroll, precision = _prepare(loss_fn, params, num_steps, args, unroll,
-                                                    precision)
-    lr = _strong(as_float(learning_rate, "learning_rate"))
-    if lr.ndim != 0:
-        raise ValueError(
-            f"learning_rate must be a scalar, got shape {tuple(lr.shape)}; to sweep over "
-            "learning rates use gradient_descent_sweep (or jax.vmap)")
+    params, num_steps, unroll, precision = _checked_run_args(loss_fn, params, num_steps, args,
+                                                             unroll, precision)
+    lr = _learning_rates(learning_rate, "learning_rate", 0, "be a scalar",
+                         "; to sweep over learning rates use gradient_descent_sweep (or jax.vmap)")
     return _gradient_descent(loss_fn, num_steps, unroll, precision, params, lr, args)
 
 
@@ -204,7 +204,7 @@ def gradient_descent_sweep(loss_fn: LossFn, params: PyTree, learning_rates: Arra
     * on CPU the sweep runs in chunks of ``chunk_size`` members (``lax.map`` over
       chunks), so that every per-step array stays in cache.
 
-    On the seed's 3 x 2 regression (4,096 learning rates, 1,000 steps, 2-core CPU)
+    On the blog post's 3 x 2 regression (4,096 learning rates, 1,000 steps, 2-core CPU)
     this measured 5x to 15x the throughput of ``jax.vmap`` around the whole loop,
     depending on machine load (``python -m benchmarks.gd_sweep`` times the layouts).
 
@@ -239,18 +239,16 @@ def gradient_descent_sweep(loss_fn: LossFn, params: PyTree, learning_rates: Arra
       >>> bool(jnp.isfinite(losses[2, -1]))
       False
     """
-    params, num_steps, unroll, precision = _prepare(loss_fn, params, num_steps, args, unroll,
-                                                    precision)
-    lrs = _strong(as_float(learning_rates, "learning_rates"))
-    if lrs.ndim != 1:
-        raise ValueError(
-            f"learning_rates must have rank 1 (one learning rate per sweep member), "
-            f"got shape {tuple(lrs.shape)}")
+    params, num_steps, unroll, precision = _checked_run_args(loss_fn, params, num_steps, args,
+                                                             unroll, precision)
+    lrs = _learning_rates(learning_rates, "learning_rates", 1,
+                          "have rank 1 (one learning rate per sweep member)")
     check_nonempty(lrs, "learning_rates")
     size = lrs.shape[0]
     if chunk_size is None:
         chunk_size = _default_chunk_size(size)
-    chunk_size = min(_check_positive_int(chunk_size, "chunk_size"), size)
+    chunk_size = min(check_int(chunk_size, "chunk_size", 1,
+                               static="static: it fixes the shape of a chunk"), size)
     num_chunks = -(-size // chunk_size)
     chunk_size = -(-size // num_chunks)  # as even as possible: less padding
     return _sweep(loss_fn, num_steps, unroll, num_chunks, chunk_size, precision, params, lrs,
@@ -332,8 +330,8 @@ def optimize(loss_fn: LossFn, params: PyTree, optimizer: optax.GradientTransform
         raise TypeError(
             "optimizer must be an optax.GradientTransformation (e.g. optax.sgd(0.1)), "
             f"got {type(optimizer).__name__}")
-    params, num_steps, unroll, precision = _prepare(loss_fn, params, num_steps, args, unroll,
-                                                    precision)
+    params, num_steps, unroll, precision = _checked_run_args(loss_fn, params, num_steps, args,
+                                                             unroll, precision)
     return _optimize(loss_fn, optimizer, num_steps, unroll, precision, params, args)
 
 
@@ -388,7 +386,7 @@ def dense_sigmoid_mse(W: ArrayLike, b: ArrayLike, X: ArrayLike, y: ArrayLike) ->
     .. math:: z_j = \sum_i x_i w_{ij} + b_j, \qquad a_j = \sigma(z_j), \qquad
        L = \frac{1}{n\,k} \sum_{\text{rows}} \sum_j (a_j - y_j)^2
 
-    The seed's PyTorch model ``nn.Sequential(nn.Linear(in, k), nn.Sigmoid())``
+    The blog post's PyTorch model ``nn.Sequential(nn.Linear(in, k), nn.Sigmoid())``
     with ``nn.MSELoss()`` (mean over all ``n * k`` elements). ``W`` is
     ``[in, out]`` (``w_ij`` joins input ``i`` to output ``j``, Flax's kernel
     layout); a ``torch.nn.Linear`` weight is ``[out, in]``, i.e. ``W.T``.
@@ -424,7 +422,7 @@ def dense_sigmoid_mse_grads(W: ArrayLike, b: ArrayLike, X: ArrayLike, y: ArrayLi
        \frac{\partial z_j}{\partial w_{ij}} = x_i
 
     summed over the ``n`` samples (:math:`\partial z_j / \partial b_j = 1`). This
-    is the seed's backpropagation equation written out for one layer; it equals
+    is the backpropagation equation (the chain rule) written out for one layer; it equals
     ``jax.grad(dense_sigmoid_mse, argnums=(0, 1))``, which is the general path.
 
     Args:

@@ -441,8 +441,9 @@ def _jit_dense_check():
 
 Z2 = jnp.zeros(2)
 BAD_INPUTS = [
-    (lambda: gradient_descent(quadratic, Z2, 0.1, 0), ValueError, r"num_steps must be a positive"),
-    (lambda: gradient_descent(quadratic, Z2, 0.1, 2.5), TypeError, r"num_steps must be a static"),
+    (lambda: gradient_descent(quadratic, Z2, 0.1, 0), ValueError, r"num_steps must be >= 1"),
+    (lambda: gradient_descent(quadratic, Z2, 0.1, 2.5), TypeError,
+     r"num_steps must be a Python int"),
     (lambda: gradient_descent(quadratic, Z2, 0.1, True), TypeError, r"num_steps .* got bool"),
     (lambda: gradient_descent(quadratic, Z2, jnp.ones(2), 3), ValueError,
      r"learning_rate must be a scalar, got shape \(2,\)"),
@@ -463,9 +464,9 @@ BAD_INPUTS = [
     (lambda: gradient_descent_sweep(quadratic, Z2, jnp.ones(0), 3), ValueError,
      r"learning_rates must not be empty"),
     (lambda: gradient_descent_sweep(quadratic, Z2, jnp.ones(3), 3, chunk_size=0), ValueError,
-     r"chunk_size must be a positive int"),
+     r"chunk_size must be >= 1"),
     (lambda: gradient_descent_sweep(quadratic, Z2, jnp.ones(3), -1), ValueError,
-     r"num_steps must be a positive"),
+     r"num_steps must be >= 1"),
     (lambda: optimize(quadratic, Z2, optax.sgd, 3), TypeError,
      r"optimizer must be an optax.GradientTransformation"),
     (lambda: optimize(_vector_loss, Z2, optax.sgd(0.1), 3), ValueError, r"loss_fn must return"),
