@@ -166,6 +166,27 @@ def check_int(value: object, name: str, minimum: int | None = None, *,
     return int(value)
 
 
+def check_int_pair(value: object, name: str, minimum: int | None = None) -> tuple[int, int]:
+    """An int or a pair of ints (bools refused), each >= ``minimum``, as a pair.
+
+    Example:
+      >>> check_int_pair(3, "kernel_size", 1), check_int_pair((1, 2), "stride", 1)
+      ((3, 3), (1, 2))
+    """
+    def is_int(v: object) -> bool:
+        return isinstance(v, numbers.Integral) and not isinstance(v, bool)
+
+    try:
+        pair = (value, value) if is_int(value) else tuple(value)
+    except TypeError:  # not iterable
+        pair = ()
+    if len(pair) != 2 or not all(map(is_int, pair)):
+        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
+    if minimum is not None and min(pair) < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
+    return int(pair[0]), int(pair[1])
+
+
 def is_tracer(x: object) -> bool:
     """Whether ``x`` is traced (its value unknown until the program runs)."""
     return isinstance(x, jax.core.Tracer)

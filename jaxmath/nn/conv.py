@@ -15,20 +15,17 @@ image equals ``conv2d`` of it with the kernel ``g[::-1, ::-1]``.
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Sequence
 
 import jax
-import jax.numpy as jnp
-import numpy as np
 
 from jaxmath import _checks
 from jaxmath._precision import CLASSICAL, check_precision
+from jaxmath.nn import _conv_kernels as kernels
 
 ArrayLike = jax.typing.ArrayLike
 
 _MODES = ("full", "same", "valid")
-_PADDINGS = ("VALID", "SAME")
 
 
 def _valid_swap(f_shape: tuple[int, ...], g_shape: tuple[int, ...]) -> bool:
@@ -40,16 +37,6 @@ def _valid_swap(f_shape: tuple[int, ...], g_shape: tuple[int, ...]) -> bool:
     raise ValueError(
         f"mode 'valid' needs one input at least as large as the other in every axis, "
         f"got f.shape={f_shape} and g.shape={g_shape}")
-
-
-@functools.partial(jax.jit, static_argnames=("padding", "precision"))
-def _convolve(f: jax.Array, g: jax.Array, padding: tuple[tuple[int, int], ...],
-              precision: jax.lax.PrecisionLike) -> jax.Array:
-    """True convolution of checked arrays: correlation with the flipped kernel."""
-    out = jax.lax.conv_general_dilated(
-        f[None, None], jnp.flip(g)[None, None], window_strides=(1,) * f.ndim,
-        padding=padding, precision=precision)
-    return out[0, 0]
 
 
 def convolve(f: ArrayLike, g: ArrayLike, mode: str = "full", *,
@@ -117,57 +104,7 @@ def convolve(f: ArrayLike, g: ArrayLike, mode: str = "full", *,
         padding = tuple((m - 1 - (m - 1) // 2, (m - 1) // 2) for m in g.shape)
     else:
         padding = ((0, 0),) * g.ndim
-    return _convolve(f, g, padding, check_precision(precision))
-
-
-def _pair(value: int | Sequence[int], name: str, minimum: int) -> tuple[int, int]:
-    """An int or a pair of ints, each >= ``minimum``, as a pair."""
-    pair = (value, value) if isinstance(value, int | np.integer) else tuple(value)
-    if len(pair) != 2 or not all(isinstance(v, int | np.integer) for v in pair):
-        raise TypeError(f"{name} must be an int or a pair of ints, got {value!r}")
-    if any(v < minimum for v in pair):
-        raise ValueError(f"{name} must be >= {minimum}, got {value!r}")
-    return int(pair[0]), int(pair[1])
-
-
-def _padding(padding: str | int | Sequence) -> str | tuple[tuple[int, int], ...]:
-    """'SAME' (any case), or explicit ((top, bottom), (left, right)) padding ('VALID' = 0)."""
-    if isinstance(padding, str):
-        _checks.check_choice(padding.upper(), "padding", _PADDINGS)
-        return "SAME" if padding.upper() == "SAME" else ((0, 0), (0, 0))
-    bad = TypeError(f"padding must be 'VALID', 'SAME', an int, a pair (pad_h, pad_w) or "
-                    f"((top, bottom), (left, right)) of ints, got {padding!r}")
-    if isinstance(padding, int | np.integer):
-        pads = ((padding, padding), (padding, padding))
-    else:
-        try:
-            items = tuple(padding)
-        except TypeError:
-            raise bad from None
-        if len(items) != 2:
-            raise bad
-        pads = tuple((p, p) if isinstance(p, int | np.integer) else tuple(p) for p in items)
-    if not all(len(p) == 2 and all(isinstance(v, int | np.integer) for v in p) for p in pads):
-        raise bad
-    if any(v < 0 for p in pads for v in p):
-        raise ValueError(f"padding must be non-negative, got {padding!r}")
-    return tuple((int(lo), int(hi)) for lo, hi in pads)
-
-
-@functools.partial(jax.jit, static_argnames=("strides", "padding", "dilations", "groups",
-                                             "precision"))
-def _conv2d(x: jax.Array, kernel: jax.Array, bias: jax.Array | None, strides: tuple[int, int],
-            padding: str | tuple[tuple[int, int], ...], dilations: tuple[int, int], groups: int,
-            precision: jax.lax.PrecisionLike) -> jax.Array:
-    """Cross-correlation of checked NHWC/HWIO arrays (unbatched [H, W, C] allowed)."""
-    unbatched = x.ndim == 3
-    y = jax.lax.conv_general_dilated(
-        x[None] if unbatched else x, kernel, window_strides=strides, padding=padding,
-        rhs_dilation=dilations, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        feature_group_count=groups, precision=precision)
-    if bias is not None:
-        y = y + bias
-    return y[0] if unbatched else y
+    return kernels.convolve(f, g, padding, check_precision(precision))
 
 
 def conv2d(x: ArrayLike, kernel: ArrayLike, stride: int | Sequence[int] = 1,
@@ -222,49 +159,32 @@ def conv2d(x: ArrayLike, kernel: ArrayLike, stride: int | Sequence[int] = 1,
       TypeError: complex input, or stride/dilation/padding/groups of the wrong type.
 
     Example:
-      A 3x3 box filter over a 4x4 ramp, the seed's shape rule ``28 -> 26`` in small:
+      A 3x3 box filter over a 4x4 ramp, the blog post's shape rule ``28 -> 26`` in small:
 
       >>> x = jnp.arange(16.0).reshape(1, 4, 4, 1)
       >>> conv2d(x, jnp.ones((3, 3, 1, 1)))[..., 0]
       Array([[[45., 54.],
               [81., 90.]]], dtype=float32)
     """
-    if not isinstance(groups, int | np.integer) or isinstance(groups, bool):
-        raise TypeError(f"groups must be an int, got {groups!r}")
-    if groups < 1:
-        raise ValueError(f"groups must be >= 1, got {groups}")
-    strides = _pair(stride, "stride", 1)
-    dilations = _pair(dilation, "dilation", 1)
-    pads = _padding(padding)
+    strides, pads, dilations, groups = kernels.conv2d_options(stride, padding, dilation, groups)
     named = [(x, "x"), (kernel, "kernel")] + ([] if bias is None else [(bias, "bias")])
     arrays = _checks.as_floats(*named)
     x, kernel = arrays[:2]
     _checks.check_ndim(x, "x", (3, 4))
     _checks.check_ndim(kernel, "kernel", 4)
-    kh, kw, c_in_g, c_out = kernel.shape
+    c_in_g, c_out = kernel.shape[2:]
     c_in = x.shape[-1]
-    if c_in % groups or c_out % groups:
-        raise ValueError(f"groups={groups} must divide the input channels (x.shape[-1]={c_in})"
-                         f" and the output channels (kernel.shape[-1]={c_out})")
+    kernels.check_groups(groups, c_in, c_out, f"the output channels (kernel.shape[-1]={c_out})")
     if c_in_g * groups != c_in:
         raise ValueError(
             f"kernel must have x.shape[-1] / groups = {c_in // groups} input channels (HWIO "
             f"layout), got x.shape={tuple(x.shape)} and kernel.shape={tuple(kernel.shape)}")
     _checks.check_nonempty(kernel, "kernel")
     _checks.check_nonempty(x, "x")
-    if isinstance(pads, tuple):
-        spatial = x.shape[-3:-1]
-        for axis, size, k, d, (lo, hi) in zip("HW", spatial, (kh, kw), dilations, pads,
-                                              strict=True):
-            if size + lo + hi < d * (k - 1) + 1:
-                raise ValueError(
-                    f"the kernel spans {d * (k - 1) + 1} pixels along {axis} (kernel.shape="
-                    f"{tuple(kernel.shape)}, dilation={dilations}) but the padded input has "
-                    f"{size + lo + hi} (x.shape={tuple(x.shape)}, padding={pads}): the "
-                    f"output would be empty")
+    kernels.check_window(x.shape, kernel.shape, pads, dilations)
     if bias is not None and arrays[2].shape != (c_out,):
         raise ValueError(f"bias must have shape (C_out,) = ({c_out},), got shape "
                          f"{tuple(arrays[2].shape)}")
     b = None if bias is None else arrays[2]
-    return _conv2d(x, kernel, b, strides, pads, dilations, int(groups),
-                   check_precision(precision))
+    return kernels.conv2d(x, kernel, b, strides, pads, dilations, groups,
+                          check_precision(precision))

@@ -18,27 +18,16 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from flax.linen.dtypes import promote_dtype
 from jax import lax
 
 from jaxmath import _checks
-from jaxmath.nn.conv import conv2d
+from jaxmath._precision import check_precision
+from jaxmath.nn import _conv_kernels as kernels
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
-
-
-def _kernel_size(kernel_size: int | Sequence[int]) -> tuple[int, int]:
-    pair = ((kernel_size, kernel_size) if isinstance(kernel_size, int | np.integer)
-            else tuple(kernel_size))
-    if (len(pair) != 2 or not all(isinstance(k, int | np.integer) and not isinstance(k, bool)
-                                  for k in pair)):
-        raise TypeError(f"kernel_size must be an int or a pair of ints, got {kernel_size!r}")
-    if min(pair) < 1:
-        raise ValueError(f"kernel_size must be >= 1, got {kernel_size!r}")
-    return int(pair[0]), int(pair[1])
 
 
 class Conv2D(nn.Module):
@@ -63,7 +52,7 @@ class Conv2D(nn.Module):
         initialises differently (Kaiming uniform).
 
     Example:
-      The seed's example: one 28x28 grey image and a 3x3 kernel give 26x26.
+      The blog post's example: one 28x28 grey image and a 3x3 kernel give 26x26.
 
       >>> conv = Conv2D(features=1, kernel_size=3)
       >>> image = jnp.zeros((1, 28, 28, 1))
@@ -94,24 +83,20 @@ class Conv2D(nn.Module):
             :func:`~jaxmath.nn.conv.conv2d`.
           TypeError: non-int ``features``/``kernel_size``/``groups``, complex input.
         """
-        if not isinstance(self.features, int | np.integer) or isinstance(self.features, bool):
-            raise TypeError(f"features must be an int, got {self.features!r}")
-        if self.features < 1:
-            raise ValueError(f"features must be >= 1, got {self.features}")
-        kh, kw = _kernel_size(self.kernel_size)
+        features = _checks.check_int(self.features, "features", 1)
+        kh, kw = _checks.check_int_pair(self.kernel_size, "kernel_size", 1)
+        strides, padding, dilations, groups = kernels.conv2d_options(
+            self.strides, self.padding, self.dilation, self.groups)
+        precision = check_precision(self.precision)
         x = _checks.as_float(x, "x")
         _checks.check_ndim(x, "x", (3, 4))
-        if not isinstance(self.groups, int | np.integer) or self.groups < 1:
-            raise ValueError(f"groups must be a positive int, got {self.groups!r}")
         c_in = x.shape[-1]
-        if c_in % self.groups or self.features % self.groups:
-            raise ValueError(f"groups={self.groups} must divide the input channels "
-                             f"(x.shape[-1]={c_in}) and features={self.features}")
-        kernel = self.param("kernel", self.kernel_init,
-                            (kh, kw, c_in // self.groups, self.features), self.param_dtype)
-        bias = (self.param("bias", self.bias_init, (self.features,), self.param_dtype)
+        kernels.check_groups(groups, c_in, features, f"features={features}")
+        _checks.check_nonempty(x, "x")
+        kernel_shape = (kh, kw, c_in // groups, features)
+        kernels.check_window(x.shape, kernel_shape, padding, dilations)
+        kernel = self.param("kernel", self.kernel_init, kernel_shape, self.param_dtype)
+        bias = (self.param("bias", self.bias_init, (features,), self.param_dtype)
                 if self.use_bias else None)
         x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
-        return conv2d(x, kernel, stride=self.strides, padding=self.padding,
-                      dilation=self.dilation, groups=self.groups, bias=bias,
-                      precision=self.precision)
+        return kernels.conv2d(x, kernel, bias, strides, padding, dilations, groups, precision)
