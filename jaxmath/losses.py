@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from jaxmath import _checks
-from jaxmath.nn.softmax import log_softmax
+from jaxmath.nn import _softmax_kernels
 from jaxmath.probability import binary_cross_entropy, cross_entropy
 
 ArrayLike = jax.typing.ArrayLike
@@ -241,7 +241,7 @@ def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array
     if mask is None:
         uniform = jnp.full((), 1 / num_classes, dtype)
         targets = (1 - smoothing) * targets + smoothing * uniform
-        log_p = log_softmax(logits.astype(dtype), axis=axis)
+        log_p = _softmax_kernels.log_softmax(logits.astype(dtype), axis)
         # 0 * log p = 0 even where log p = -inf; the inner where keeps that gradient finite.
         terms = targets * jnp.where((targets == 0) & jnp.isneginf(log_p), 0, log_p)
         loss = -jnp.sum(terms, axis=axis)
@@ -256,7 +256,8 @@ def _softmax_cross_entropy(logits: jax.Array, labels: jax.Array, mask: jax.Array
     # their log-probabilities (-inf) a finite 0 before the product, so they reach
     # neither the sum nor any gradient.
     targets = (1 - smoothing) * jnp.where(included, targets, 0) + smoothing * uniform
-    log_p = jnp.where(included, log_softmax(logits.astype(dtype), axis=axis, where=mask), 0)
+    log_p = _softmax_kernels.log_softmax(logits.astype(dtype), axis, mask)
+    log_p = jnp.where(included, log_p, 0)
     terms = targets * jnp.where((targets == 0) & jnp.isneginf(log_p), 0, log_p)
     loss = -jnp.sum(terms, axis=axis)
     counted = jnp.squeeze(count, axis) > 0

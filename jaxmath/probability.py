@@ -53,7 +53,7 @@ import numpy as np
 from jax import lax
 
 from jaxmath import _checks
-from jaxmath.nn.softmax import log_softmax
+from jaxmath.nn import _softmax_kernels
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -337,7 +337,7 @@ def log_bayes_posterior(log_prior: ArrayLike, log_likelihood: ArrayLike,
 @partial(jax.jit, static_argnames="axis")
 def _log_bayes_posterior(log_prior: jax.Array, log_likelihood: jax.Array,
                          axis: int) -> jax.Array:
-    return log_softmax(log_prior + log_likelihood, axis=axis)
+    return _softmax_kernels.log_softmax(log_prior + log_likelihood, axis)
 
 
 # ---------------------------------------------------------------------------

@@ -12,56 +12,22 @@ log-softmax exactly ``-inf``, with no NaN, and zero gradients.
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from jaxmath import _checks
+from jaxmath.nn import _softmax_kernels as kernels
 
 ArrayLike = jax.typing.ArrayLike
 
 
-def _prepare(z: ArrayLike, axis: int | tuple[int, ...], where: ArrayLike | None):
+def _checked_logits(z: ArrayLike, axis: int | tuple[int, ...], where: ArrayLike | None):
     """Checked float logits, the normalised axis (an int, or a tuple for several axes)
     and the boolean mask (or None)."""
     z = _checks.as_float(z, "z")
     axes = _checks.check_axes(z, axis, "z")
     axis = axes[0] if isinstance(axis, int | np.integer) else axes
     return z, axis, _checks.check_mask(where, tuple(z.shape), "z")
-
-
-def _shifted(z: jax.Array, axis: int | tuple[int, ...], mask: jax.Array | None) -> jax.Array:
-    """``z - max(z)`` along ``axis`` (one or several) over the included entries; excluded
-    entries are -inf.
-
-    Computed in float32 at least. The maximum starts from the most negative finite
-    number instead of -inf, so a row with no finite included entry stays at -inf
-    instead of becoming ``-inf - (-inf) = NaN``. The maximum is a constant shift
-    (softmax is invariant to it), so no gradient flows through it.
-
-    Only max, subtract, exp, sum and divide appear on the unmasked path, with no
-    compare or select: XLA:CPU then fuses the whole softmax into one vectorised
-    kernel, as it does for ``jax.nn.softmax``.
-    """
-    z = z.astype(jnp.promote_types(z.dtype, jnp.float32))
-    if mask is not None:
-        z = jnp.where(mask, z, -jnp.inf)
-    m = jnp.max(z, axis=axis, keepdims=True, initial=jnp.finfo(z.dtype).min)
-    return z - jax.lax.stop_gradient(m)
-
-
-def _row_sum(e: jax.Array, axis: int | tuple[int, ...]) -> jax.Array:
-    """``sum(e)`` along ``axis``, clamped below at 1/2.
-
-    With ``e = exp(z - max z)`` the sum is >= 1 on every row with an included finite
-    entry (the maximum contributes ``e^0 = 1``), so the clamp only acts on empty rows,
-    where ``e = 0`` and ``s = 0``: there it gives ``0 / (1/2) = 0`` and keeps ``1/s``
-    and ``1/s^2`` in the gradients finite. (A clamp at ``tiny`` would overflow 1/s^2;
-    one at 1 would tie with s = 1 and halve the gradient.)
-    """
-    return jnp.maximum(jnp.sum(e, axis=axis, keepdims=True), 0.5)
 
 
 def softmax(z: ArrayLike, axis: int | tuple[int, ...] = -1,
@@ -96,13 +62,7 @@ def softmax(z: ArrayLike, axis: int | tuple[int, ...] = -1,
       >>> print(softmax(jnp.array([[1.0, 2.0], [3.0, 4.0]]), where=mask).tolist())
       [[0.2689, 0.7311], [0.0, 0.0]]
     """
-    return _softmax(*_prepare(z, axis, where))
-
-
-@partial(jax.jit, static_argnames="axis")
-def _softmax(z: jax.Array, axis: int | tuple[int, ...], mask: jax.Array | None) -> jax.Array:
-    e = jnp.exp(_shifted(z, axis, mask))
-    return (e / _row_sum(e, axis)).astype(z.dtype)
+    return kernels.softmax(*_checked_logits(z, axis, where))
 
 
 def log_softmax(z: ArrayLike, axis: int | tuple[int, ...] = -1,
@@ -130,14 +90,4 @@ def log_softmax(z: ArrayLike, axis: int | tuple[int, ...] = -1,
       >>> print(log_softmax(jnp.array([0.0, 1e4])))
       [-10000.      0.]
     """
-    return _log_softmax(*_prepare(z, axis, where))
-
-
-@partial(jax.jit, static_argnames="axis")
-def _log_softmax(z: jax.Array, axis: int | tuple[int, ...], mask: jax.Array | None) -> jax.Array:
-    shifted = _shifted(z, axis, mask)
-    s = _row_sum(jnp.exp(shifted), axis)
-    out = shifted - jnp.log(s)
-    # Empty rows are already -inf; the select makes them a constant (zero gradient).
-    keep = s >= 1 if mask is None else (s >= 1) & mask
-    return jnp.where(keep, out, -jnp.inf).astype(z.dtype)
+    return kernels.log_softmax(*_checked_logits(z, axis, where))
