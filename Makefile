@@ -19,7 +19,7 @@ run: $(VENV)/.runtime  ## the main job: 1,024 gradient-descent runs as one compi
 	$(VENV)/bin/jaxmath run configs/linear_regression.py --workdir runs/linear_regression --overwrite
 
 tour: $(VENV)/.runtime  ## every seed example evaluated with jaxmath beside a NumPy reference
-	$(PY) -m jaxmath.tour
+	$(PY) -m jaxmath.run.tour
 
 test: $(VENV)/.dev  ## the whole test suite, doctests and lint included (slow checks excluded)
 	$(PY) -m ruff check .

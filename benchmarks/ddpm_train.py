@@ -60,11 +60,11 @@ import torch
 import torch.nn.functional as F
 
 from benchmarks._harness import Impl, check_close, measure, summarise
-from jaxmath.datasets import gaussian_mixture
 from jaxmath.diffusion.denoisers import MLPDenoiser
 from jaxmath.diffusion.losses import diffusion_loss
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.diffusion.process import q_sample
+from jaxmath.run.datasets import gaussian_mixture
 
 BATCH = 4096
 FEATURES = 128

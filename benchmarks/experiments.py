@@ -1,12 +1,12 @@
 """The experiments' speed: wall time, compile time and training steps/s of each default config.
 
-Each experiment runs through :func:`jaxmath.cli.run_experiment`, the code of
+Each experiment runs through :func:`jaxmath.run.cli.run_experiment`, the code of
 ``jaxmath run configs/<name>.py``, in a fresh temporary workdir, one after another in
 this process. Its record comes from the run's ``summary.json``:
 
 * ``wall_time_s``: the experiment's ``run`` (data, training, sampling, evaluation,
   plots), as ``jaxmath run`` reports it;
-* ``train_s``: the training loop (:func:`jaxmath.train.train_loop`) alone;
+* ``train_s``: the training loop (:func:`jaxmath.run.loop.train_loop`) alone;
 * ``train_compile_s``: the loop's first jitted call alone, compilation included (for
   ``mlp_sweep``, whose whole sweep is one call: JAX's tracing, lowering and compile
   time, from ``jax.monitoring``);
@@ -78,7 +78,7 @@ def device_record() -> dict:
 
 def run_one(name: str, quick: bool, overrides: list[str]) -> dict:
     """Run ``configs/<name>.py`` (``:quick``) as ``jaxmath run`` does; its timing record."""
-    from jaxmath.cli import run_experiment
+    from jaxmath.run.cli import run_experiment
 
     spec = str(ROOT / "configs" / f"{name}.py") + (":quick" if quick else "")
     load = os.getloadavg()[0]
@@ -120,7 +120,7 @@ def compare_with_cpu(records: dict, cpu_records: dict) -> dict:
 
 def merge(path: Path, key: str, record: dict) -> None:
     """Write ``record`` as ``path[key]`` atomically, keeping the file's other entries."""
-    from jaxmath.train.files import atomic_write_json
+    from jaxmath.run.files import atomic_write_json
 
     data = {}
     if path.exists():

@@ -63,7 +63,7 @@ from benchmarks._harness import (
     summarise_device,
     warm_up_device,
 )
-from jaxmath.sweep import grid, run_sweep
+from jaxmath.run.sweep import grid, run_sweep
 
 OUTPUT = Path(__file__).parent / "results" / "gpu.json"
 FULL = {"rates": 4096, "sequential": sweep.SEQUENTIAL, "chunk": sweep.CHUNK,

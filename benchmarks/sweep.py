@@ -35,8 +35,8 @@ import numpy as np
 import optax
 
 from benchmarks._harness import Impl, check_close, measure, summarise
-from jaxmath.datasets import two_moons
-from jaxmath.sweep import grid, run_sweep
+from jaxmath.run.datasets import two_moons
+from jaxmath.run.sweep import grid, run_sweep
 
 NUM_POINTS = 64
 WIDTH = 32

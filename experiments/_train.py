@@ -14,7 +14,7 @@ Two families of training, each used by more than one experiment:
   by :func:`compile_timed` and losses plotted by :func:`plot_losses`.
 
 Every step is a pure function of the state and the step's inputs, run by
-:func:`jaxmath.train.train_loop` with ``steps_per_call=config.steps_per_call`` (0: the
+:func:`jaxmath.run.loop.train_loop` with ``steps_per_call=config.steps_per_call`` (0: the
 updates between two log or checkpoint steps as one compiled ``lax.scan``, the minibatch
 drawn on the device from the traced step number; 1: one call per update). What the
 loop's time went to is put in the summary by :func:`loop_timing`; a program that trains
@@ -36,7 +36,7 @@ from matplotlib.figure import Figure
 
 if TYPE_CHECKING:
     from jaxmath.diffusion.model import DiffusionModel
-    from jaxmath.train import TrainResult
+    from jaxmath.run.loop import TrainResult
 
 PyTree = Any
 
@@ -179,7 +179,7 @@ def make_diffusion_step(model: DiffusionModel, tx: optax.GradientTransformation,
 
 
 def loop_timing(result: TrainResult, train_s: float) -> dict[str, Any]:
-    """The summary's timing of a :func:`jaxmath.train.train_loop` run.
+    """The summary's timing of a :func:`jaxmath.run.loop.train_loop` run.
 
     ``train_s``: the loop's wall time (as measured by the caller);
     ``train_compile_s``: its first jitted call alone, compilation included;

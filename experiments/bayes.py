@@ -41,8 +41,8 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 
 from jaxmath.probability import bayes_theorem
-from jaxmath.train import MetricsLog
-from jaxmath.train.report import save_figure
+from jaxmath.run.files import MetricsLog
+from jaxmath.run.report import save_figure
 
 AXES = ("prevalence", "sensitivity", "false_positive_rate")
 

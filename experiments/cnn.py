@@ -19,7 +19,7 @@ convolution is :math:`y[n,i,j,o] = b_o + \sum_{u,v,c} x[n, i+u-1, j+v-1, c]\,k[u
 Method. The mean softmax cross-entropy (:func:`jaxmath.softmax_cross_entropy`) of
 minibatches of ``batch_size`` training images drawn with replacement is minimised by
 AdamW with warm-up and cosine decay (the training step of :mod:`experiments._train`:
-``jax.grad`` and optax, run by :func:`jaxmath.train.train_loop`; the images sit on the
+``jax.grad`` and optax, run by :func:`jaxmath.run.loop.train_loop`; the images sit on the
 device and the steps between two log steps run as one compiled ``lax.scan``, which
 draws and shifts each minibatch from the traced step). Each training image is
 translated by a random offset of up to ``augment_shift`` pixels in each direction (zero
@@ -49,8 +49,14 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._data import DIGITS_MAX, load_sklearn
-from experiments._train import (
+from jaxmath._checks import check_ndim
+from jaxmath.losses import softmax_cross_entropy
+from jaxmath.nn import Conv2D
+from jaxmath.run.loop import train_loop
+from jaxmath.run.report import save_figure
+
+from ._data import DIGITS_MAX, load_sklearn
+from ._train import (
     accuracy,
     count_params,
     init_state,
@@ -59,11 +65,6 @@ from experiments._train import (
     make_step,
     plot_curves,
 )
-from jaxmath._checks import check_ndim
-from jaxmath.losses import softmax_cross_entropy
-from jaxmath.nn import Conv2D
-from jaxmath.train import train_loop
-from jaxmath.train.report import save_figure
 
 SIDE = 8  # the digits are SIDE x SIDE images
 

@@ -1,7 +1,7 @@
 r"""DDPM on 2-D toy data: three denoisers trained as one vmapped program, DDPM vs DDIM sampling.
 
 Data. For each dataset :math:`k` of ``config.data.datasets`` (two moons, Swiss roll, eight
-Gaussians: :mod:`jaxmath.datasets`, keyed samplers) we draw a training set of
+Gaussians: :mod:`jaxmath.run.datasets`, keyed samplers) we draw a training set of
 ``num_train`` points and standardise it per coordinate with its own mean and standard
 deviation, :math:`\tilde x = (x - \mu_k) / \sigma_k`; held-out points are standardised with
 the same :math:`(\mu_k, \sigma_k)`. Everything below is in these standardised units.
@@ -17,7 +17,7 @@ Its loss is DDPM's simple objective (Ho et al., 2020, Algorithm 1)
 
 Training. The three models share one architecture, so their parameters and Adam states are
 stacked on a leading dataset axis and one ``jax.vmap``-ed step updates all three: ONE
-compiled program, run by :func:`jaxmath.train.train_loop` (metrics.jsonl, orbax
+compiled program, run by :func:`jaxmath.run.loop.train_loop` (metrics.jsonl, orbax
 checkpoints, resume after a kill; the minibatch of step :math:`s` is drawn on the device
 with ``fold_in(key, s)``, so a resumed run is bit-identical); the steps between two log
 steps run as one ``lax.scan`` (``steps_per_call``). Minibatches of ``batch_size`` are
@@ -66,7 +66,14 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._train import (
+from jaxmath.diffusion.denoisers import MLPDenoiser
+from jaxmath.diffusion.model import DiffusionModel
+from jaxmath.metrics import median_bandwidth, mmd_squared, sliced_wasserstein
+from jaxmath.run.datasets import TOY_2D
+from jaxmath.run.loop import train_loop
+from jaxmath.run.report import save_figure
+
+from ._train import (
     compile_timed,
     init_ema_state,
     loop_timing,
@@ -74,12 +81,6 @@ from experiments._train import (
     make_diffusion_step,
     plot_losses,
 )
-from jaxmath.datasets import TOY_2D
-from jaxmath.diffusion.denoisers import MLPDenoiser
-from jaxmath.diffusion.model import DiffusionModel
-from jaxmath.metrics import median_bandwidth, mmd_squared, sliced_wasserstein
-from jaxmath.train import train_loop
-from jaxmath.train.report import save_figure
 
 # --------------------------------------------------------------------------- data
 

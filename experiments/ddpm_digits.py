@@ -15,7 +15,7 @@ predicts :math:`v = \sqrt{\bar\alpha_t}\,\epsilon - \sqrt{1 - \bar\alpha_t}\, x_
 DDPM's simple objective on that target (Ho et al., 2020, Algorithm 1),
 :math:`\mathbb{E}_{t, x_0, \epsilon}\, \|v - v_\theta(x_t, t)\|^2`, minimised by Adam
 with warm-up, cosine decay and gradient clipping through
-:func:`jaxmath.train.train_loop` (checkpoints, resume; minibatch ``s`` drawn on the
+:func:`jaxmath.run.loop.train_loop` (checkpoints, resume; minibatch ``s`` drawn on the
 device from ``fold_in(key, s)``, the steps between two log steps as one ``lax.scan``);
 samples come from an exponential moving average of the parameters.
 
@@ -68,8 +68,14 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._data import load_sklearn
-from experiments._train import (
+from jaxmath.diffusion.denoisers import UNet
+from jaxmath.diffusion.model import DiffusionModel
+from jaxmath.metrics import median_bandwidth, mmd_squared
+from jaxmath.run.loop import train_loop
+from jaxmath.run.report import save_figure
+
+from ._data import load_sklearn
+from ._train import (
     compile_timed,
     init_ema_state,
     loop_timing,
@@ -77,11 +83,6 @@ from experiments._train import (
     make_diffusion_step,
     plot_losses,
 )
-from jaxmath.diffusion.denoisers import UNet
-from jaxmath.diffusion.model import DiffusionModel
-from jaxmath.metrics import median_bandwidth, mmd_squared
-from jaxmath.train import train_loop
-from jaxmath.train.report import save_figure
 
 
 def load_digits(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -17,8 +17,8 @@ the gradient from ``jax.grad`` (:func:`jaxmath.optim.gradient_descent`, one
 declared in ``config.sweep``: a grid of log-spaced learning rates x seeds. The
 configuration (learning rate and seed) is a traced value, so the whole sweep, data
 generation included, is ONE jit-compiled ``jax.vmap`` program
-(:func:`jaxmath.sweep.run_sweep`); its table is written to ``sweep.jsonl``
-(:func:`jaxmath.sweep.write_table`).
+(:func:`jaxmath.run.sweep.run_sweep`); its table is written to ``sweep.jsonl``
+(:func:`jaxmath.run.sweep.write_table`).
 
 Theory. On a quadratic, the error along the Hessian's eigenvector :math:`v_i` is
 multiplied by :math:`1 - \eta \lambda_i` at every step, so gradient descent converges
@@ -60,9 +60,9 @@ from matplotlib.figure import Figure
 from jaxmath.linalg import eigh, linear
 from jaxmath.losses import mse
 from jaxmath.optim import gradient_descent
-from jaxmath.sweep import from_config, run_sweep, write_table
-from jaxmath.train import MetricsLog
-from jaxmath.train.report import save_figure
+from jaxmath.run.files import MetricsLog
+from jaxmath.run.report import save_figure
+from jaxmath.run.sweep import from_config, run_sweep, write_table
 
 _PLOT_CEILING = 1e12  # non-finite or huge losses are drawn here
 _PLOT_FLOOR = 1e-9    # excess losses below the float32 rounding of a loss near 1e-2

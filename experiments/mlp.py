@@ -1,6 +1,6 @@
 r"""A multilayer perceptron trained by backpropagation on two-moons and handwritten digits.
 
-Data. *Two-moons*: one sample of :func:`jaxmath.datasets.two_moons` (two interleaving
+Data. *Two-moons*: one sample of :func:`jaxmath.run.datasets.two_moons` (two interleaving
 half circles plus Gaussian noise of standard deviation ``data.two_moons_noise``, in random
 order) split into ``data.two_moons_train`` training and ``data.two_moons_test`` test
 points. *Digits*: scikit-learn's 1,797 8x8 handwritten digits (64 grey levels in 0..16, 10
@@ -35,7 +35,7 @@ over ``optim.warmup_steps`` to ``optim.learning_rate`` and a cosine decay to 0 a
 side by side in one loop, as one pytree of parameters, on the sum of their two losses:
 their parameters are disjoint, so the gradient of the sum with respect to each network
 is that network's own gradient, and AdamW, acting element by element, updates each
-exactly as if it were trained alone. The loop is :func:`jaxmath.train.train_loop`
+exactly as if it were trained alone. The loop is :func:`jaxmath.run.loop.train_loop`
 (checkpoints, resume, ``metrics.jsonl``); the data sit on the device and the steps
 between two log steps run as one compiled ``lax.scan`` that draws each minibatch from
 the traced step (``steps_per_call``). Every ``log_every`` steps it records the
@@ -63,8 +63,15 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._data import DIGITS_MAX, Split, load_sklearn
-from experiments._train import (
+from jaxmath.losses import softmax_cross_entropy
+from jaxmath.nn.softmax import softmax
+from jaxmath.probability import entropy
+from jaxmath.run.datasets import two_moons
+from jaxmath.run.loop import train_loop
+from jaxmath.run.report import save_figure
+
+from ._data import DIGITS_MAX, Split, load_sklearn
+from ._train import (
     PyTree,
     accuracy,
     count_params,
@@ -74,12 +81,6 @@ from experiments._train import (
     make_step,
     plot_curves,
 )
-from jaxmath.datasets import two_moons
-from jaxmath.losses import softmax_cross_entropy
-from jaxmath.nn.softmax import softmax
-from jaxmath.probability import entropy
-from jaxmath.train import train_loop
-from jaxmath.train.report import save_figure
 
 Batch = tuple[jax.Array, jax.Array]
 

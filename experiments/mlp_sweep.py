@@ -21,13 +21,13 @@ replacement (:func:`experiments.mlp.sample_batch`, the batch of step :math:`t` f
 is one ``lax.scan`` of :math:`T` steps (:func:`experiments._train.make_step`).
 
 Sweep. A configuration is a peak rate :math:`\eta` and a seed (the initialisation and
-the minibatches), both read from ``config.sweep`` (:func:`jaxmath.sweep.from_config`: a
+the minibatches), both read from ``config.sweep`` (:func:`jaxmath.run.sweep.from_config`: a
 grid of log-spaced rates x seeds). Both are traced values, so every configuration's
 full training run is ONE jit-compiled ``jax.vmap`` program
-(:func:`jaxmath.sweep.run_sweep`), traced and compiled once whatever the number of rates;
+(:func:`jaxmath.run.sweep.run_sweep`), traced and compiled once whatever the number of rates;
 its table, with each run's final loss on the whole training set, its train and test
 accuracies and its loss curve (the minibatch loss every ``log_every`` steps), is written
-to ``sweep.jsonl`` (:func:`jaxmath.sweep.write_table`). The data sit on the device and
+to ``sweep.jsonl`` (:func:`jaxmath.run.sweep.write_table`). The data sit on the device and
 every step of every run happens inside that one call, so there is no per-step dispatch
 to remove; the summary gives the call's time, its compilation (JAX's tracing, lowering
 and XLA compile time) and the training steps per second of all runs together without
@@ -57,12 +57,13 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
-from experiments._data import DIGITS_MAX, Split, load_sklearn
-from experiments._train import accuracy, compile_seconds, count_params, init_state, make_step
-from experiments.mlp import MLP, sample_batch, smoothed_loss_floor
 from jaxmath.losses import softmax_cross_entropy
-from jaxmath.sweep import from_config, run_sweep, write_table
-from jaxmath.train.report import save_figure
+from jaxmath.run.report import save_figure
+from jaxmath.run.sweep import from_config, run_sweep, write_table
+
+from ._data import DIGITS_MAX, Split, load_sklearn
+from ._train import accuracy, compile_seconds, count_params, init_state, make_step
+from .mlp import MLP, sample_batch, smoothed_loss_floor
 
 
 def load_digits(data_config) -> Split:
@@ -78,7 +79,7 @@ def make_train(data: Split, hidden: Sequence[int], *, num_steps: int, batch_size
                label_smoothing: float):
     """``train(hp) -> results``: one full training run for ``hp = {"learning_rate", "seed"}``.
 
-    Both hyperparameters may be traced (``jax.vmap``, :func:`jaxmath.sweep.run_sweep`).
+    Both hyperparameters may be traced (``jax.vmap``, :func:`jaxmath.run.sweep.run_sweep`).
     The results are ``final_train_loss`` (the objective on the whole training set),
     ``train_accuracy``, ``test_accuracy`` and ``loss_curve``, the minibatch losses of
     steps ``log_every, 2 log_every, ...`` (``[num_steps // log_every]``).

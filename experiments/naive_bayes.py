@@ -33,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._data import load_sklearn
 from jaxmath.naive_bayes import GaussianNB
-from jaxmath.train import MetricsLog
-from jaxmath.train.report import save_figure
+from jaxmath.run.files import MetricsLog
+from jaxmath.run.report import save_figure
+
+from ._data import load_sklearn
 
 
 @partial(jax.jit, static_argnames="num_classes")

@@ -40,11 +40,12 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._data import load_sklearn
 from jaxmath.linalg import PCA, svd
 from jaxmath.losses import mse
-from jaxmath.train import MetricsLog
-from jaxmath.train.report import save_figure
+from jaxmath.run.files import MetricsLog
+from jaxmath.run.report import save_figure
+
+from ._data import load_sklearn
 
 
 def truncated_reconstructions(pca: PCA, X: jax.Array) -> jax.Array:

@@ -20,7 +20,7 @@ Method. Every step draws a fresh batch of ``batch_size`` sequences from
 ``fold_in(key, step)``; the loss (:func:`jaxmath.softmax_cross_entropy`, mean over
 positions and batch) is minimised by AdamW with warm-up and cosine decay (the training
 step of :mod:`experiments._train`: ``jax.grad`` and optax, run by
-:func:`jaxmath.train.train_loop`; the steps between two log steps run as one compiled
+:func:`jaxmath.run.loop.train_loop`; the steps between two log steps run as one compiled
 ``lax.scan``, which draws each batch on the device from the traced step).
 
 Evaluation. ``task.num_test`` sequences drawn with a separate key are held out. The
@@ -55,7 +55,13 @@ import jax.numpy as jnp
 import numpy as np
 from matplotlib.figure import Figure
 
-from experiments._train import (
+from jaxmath.losses import softmax_cross_entropy
+from jaxmath.nn import Transformer
+from jaxmath.nn.softmax import softmax
+from jaxmath.run.loop import train_loop
+from jaxmath.run.report import save_figure
+
+from ._train import (
     count_params,
     init_state,
     loop_timing,
@@ -63,11 +69,6 @@ from experiments._train import (
     make_step,
     plot_curves,
 )
-from jaxmath.losses import softmax_cross_entropy
-from jaxmath.nn import Transformer
-from jaxmath.nn.softmax import softmax
-from jaxmath.train import train_loop
-from jaxmath.train.report import save_figure
 
 
 class Sorter(nn.Module):

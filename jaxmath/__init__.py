@@ -8,7 +8,7 @@ Every function is pure and works under ``jax.jit``, ``jax.grad`` and ``jax.vmap`
     jm.gradient_descent_sweep(loss, theta0, learning_rates, num_steps)  # one compiled sweep
 """
 
-from jaxmath import datasets, diffusion, metrics, nn, sweep
+from jaxmath import diffusion, metrics, nn
 from jaxmath.diffusion import (
     DiffusionModel,
     MLPDenoiser,
@@ -60,6 +60,7 @@ from jaxmath.probability import (
     marginal,
     mutual_information,
 )
+from jaxmath.run import datasets, sweep
 
 __version__ = "0.1.0"
 

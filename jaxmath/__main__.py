@@ -1,8 +1,8 @@
-"""``python -m jaxmath ...``: the same as the ``jaxmath`` command (see :mod:`jaxmath.cli`)."""
+"""``python -m jaxmath ...``: the same as the ``jaxmath`` command (see :mod:`jaxmath.run.cli`)."""
 
 import sys
 
-from jaxmath.cli import main
+from jaxmath.run.cli import main
 
 if __name__ == "__main__":
     sys.exit(main())

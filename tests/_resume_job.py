@@ -3,7 +3,7 @@
     python tests/_resume_job.py WORKDIR [SECONDS_PER_STEP [STEPS_PER_CALL]]
 
 Trains a 2-16-1 MLP with optax's Adam and a dropout mask drawn from a typed PRNG
-key held in the state, through :func:`jaxmath.train.train_loop`, one jitted call
+key held in the state, through :func:`jaxmath.run.loop.train_loop`, one jitted call
 per update (``STEPS_PER_CALL`` 1, the default: minibatches drawn by NumPy on the
 host) or several updates per call (any other value: ``batch_fn`` traced, the data
 on the device). Each update sleeps ``SECONDS_PER_STEP`` (in ``batch_fn`` on the
@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxmath.train import train_loop
+from jaxmath.run.loop import train_loop
 
 NUM_STEPS = 160
 LOG_EVERY = 10

@@ -17,8 +17,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxmath import sweep
-from jaxmath.sweep import grid, init_distributed, run_sweep
+from jaxmath.run import sweep
+from jaxmath.run.sweep import grid, init_distributed, run_sweep
 
 HPARAMS = grid(learning_rate=np.geomspace(1e-2, 0.3, 5), seed=[0, 1, 2])  # N = 15
 CHUNK_SIZE = 4  # 4 calls of 4 (padded), rounded up to a multiple of the device count

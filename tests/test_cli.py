@@ -10,9 +10,9 @@ from pathlib import Path
 import jax
 import pytest
 
-from jaxmath import cli
-from jaxmath.cli import RUN_FILES, list_configs, main, run_experiment
-from jaxmath.config import ConfigError
+from jaxmath.run import cli, startup
+from jaxmath.run.cli import RUN_FILES, list_configs, main, run_experiment
+from jaxmath.run.config import ConfigError
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -181,9 +181,7 @@ def test_another_repos_experiments_package_is_restored(tmp_path):
 
 def test_multi_process_only_process_zero_writes(tmp_path, monkeypatch):
     calls = []
-    import jaxmath.sweep
-
-    monkeypatch.setattr(jaxmath.sweep, "init_distributed", lambda: calls.append(1) or False)
+    monkeypatch.setattr(startup, "init_distributed", lambda: calls.append(1) or False)
     monkeypatch.setattr(jax, "process_index", lambda: 1)
     summary = run_experiment(ECHO, tmp_path / "w", verbose=False)
     assert calls == [1]  # asked before any computation
@@ -241,10 +239,10 @@ def test_cpu_devices_sets_the_device_count(tmp_path):
 @pytest.mark.parametrize("count", [0, -1, True, "2"])
 def test_cpu_devices_rejects_bad_counts(count):
     with pytest.raises(ConfigError, match="--cpu-devices must be a positive int"):
-        cli.use_cpu_devices(count)
+        startup.use_cpu_devices(count)
 
 
 def test_cpu_devices_after_jax_started_is_a_config_error():
     jax.devices()  # the backend runs
     with pytest.raises(ConfigError, match="--cpu-devices 3: jax_num_cpu_devices"):
-        cli.use_cpu_devices(3)
+        startup.use_cpu_devices(3)

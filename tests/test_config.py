@@ -5,7 +5,7 @@ from pathlib import Path
 import ml_collections
 import pytest
 
-from jaxmath.config import (
+from jaxmath.run.config import (
     ConfigError,
     apply_overrides,
     config_docstring,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from jaxmath.config import ConfigError, config_docstring, load_config
+from jaxmath.run.config import ConfigError, config_docstring, load_config
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("[!_]*.py"))
 

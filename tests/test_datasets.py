@@ -1,4 +1,4 @@
-"""jaxmath.datasets against scikit-learn's generators and the mixture's closed-form moments."""
+"""jaxmath.run.datasets against scikit-learn's generators and the mixture's closed-form moments."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import make_moons
 
-from jaxmath.datasets import TOY_2D, eight_gaussians, gaussian_mixture, swiss_roll, two_moons
+from jaxmath.run.datasets import TOY_2D, eight_gaussians, gaussian_mixture, swiss_roll, two_moons
 from tests.tolerances import F32_ATOL
 
 # Monte-Carlo moments of 200,000 draws: standard error ~ 0.005 for unit-scale data.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.bayes import axis_values, closed_form, numpy_grid, posterior_grid
-from jaxmath.cli import run_experiment
+from jaxmath.run.cli import run_experiment
 from tests.tolerances import F32_ATOL, F32_RTOL, F64_RTOL
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "bayes.py")

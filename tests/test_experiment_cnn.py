@@ -12,7 +12,7 @@ import pytest
 from configs.cnn import get_config
 from experiments._train import count_params, fast_init
 from experiments.cnn import CNN, load_digits, random_shift, sample_batch
-from jaxmath.cli import run_experiment
+from jaxmath.run.cli import run_experiment
 from tests.tolerances import F32_ATOL, F32_LOOSE, default_precision_tol
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "cnn.py")

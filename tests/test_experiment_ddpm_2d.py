@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.ddpm_2d import make_data
-from jaxmath.cli import run_experiment
+from jaxmath.run.cli import run_experiment
 from tests.tolerances import F32_LOOSE, default_precision_tol
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ddpm_2d.py")

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.ddpm_digits import _grid, load_digits, nearest_distance
-from jaxmath.cli import run_experiment
+from jaxmath.run.cli import run_experiment
 from tests.tolerances import default_precision_tol
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ddpm_digits.py")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from experiments.linear_regression import classify, loss, make_problem, make_train, reference
-from jaxmath.cli import run_experiment
+from jaxmath.run.cli import run_experiment
 from tests.tolerances import F32_LOOSE, F64_RTOL
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "linear_regression.py")

@@ -12,9 +12,9 @@ import scipy.stats
 from configs.mlp import get_config
 from experiments._train import count_params, fast_init
 from experiments.mlp import MLP, sample_batch, smoothed_loss_floor
-from jaxmath.cli import run_experiment
-from jaxmath.config import ConfigError, load_config
 from jaxmath.losses import softmax_cross_entropy
+from jaxmath.run.cli import run_experiment
+from jaxmath.run.config import ConfigError, load_config
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL, default_precision_tol
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mlp.py")

@@ -13,10 +13,10 @@ from configs.mlp_sweep import get_config
 from experiments._train import fast_init
 from experiments.mlp import MLP, sample_batch
 from experiments.mlp_sweep import by_rate, load_digits, make_train
-from jaxmath import sweep
-from jaxmath.cli import run_experiment
 from jaxmath.losses import softmax_cross_entropy
-from jaxmath.sweep import grid, run_sweep
+from jaxmath.run import sweep
+from jaxmath.run.cli import run_experiment
+from jaxmath.run.sweep import grid, run_sweep
 from tests.tolerances import F32_LOOSE
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mlp_sweep.py")

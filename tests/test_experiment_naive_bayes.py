@@ -9,7 +9,7 @@ import pytest
 from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from experiments.naive_bayes import confusion_matrix, evaluate
-from jaxmath.cli import run_experiment
+from jaxmath.run.cli import run_experiment
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "naive_bayes.py")
 TARGET_GAP_POINTS = 0.5  # the target: within 0.5 accuracy points of scikit-learn

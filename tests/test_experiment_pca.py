@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from experiments.pca import reconstruction_errors, sklearn_reference, truncated_reconstructions
-from jaxmath.cli import run_experiment
 from jaxmath.linalg import PCA
+from jaxmath.run.cli import run_experiment
 from tests.tolerances import F32_LOOSE, F64_RTOL
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "pca.py")

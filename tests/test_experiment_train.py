@@ -24,7 +24,7 @@ from experiments._train import (
     plot_losses,
     smooth,
 )
-from jaxmath.train import TrainResult, TrainTiming
+from jaxmath.run.loop import TrainResult, TrainTiming
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL
 
 OPTIM = ml_collections.ConfigDict({"learning_rate": 0.1, "warmup_steps": 4,

@@ -11,7 +11,7 @@ import pytest
 from configs.transformer import get_config
 from experiments._train import count_params, fast_init
 from experiments.transformer import Sorter, logits_and_attention, sequence_metrics, sorting_data
-from jaxmath.cli import run_experiment
+from jaxmath.run.cli import run_experiment
 from tests.tolerances import F32_LOOSE, F32_RTOL, default_precision_tol
 
 CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "transformer.py")

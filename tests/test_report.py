@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 from matplotlib.figure import Figure
 
-from jaxmath.train import report
-from jaxmath.train.files import MetricsLog
-from jaxmath.train.report import (
+from jaxmath.run import report
+from jaxmath.run.files import MetricsLog
+from jaxmath.run.report import (
     format_value,
     save_figure,
     summary_table,

@@ -16,7 +16,7 @@ from sklearn.metrics import log_loss, mean_squared_error
 from sklearn.naive_bayes import GaussianNB as SkGaussianNB
 
 import jaxmath as jm
-from jaxmath import tour
+from jaxmath.run import tour
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL
 
 SEED_PRINT_TOL = 1e-4  # the seed prints 4 to 16 digits

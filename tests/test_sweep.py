@@ -1,4 +1,4 @@
-"""Tests for jaxmath.sweep: tables, one-compile vmapped sweeps, chunks, static groups, files.
+"""Tests for jaxmath.run.sweep: tables, one-compile vmapped sweeps, chunks, static groups, files.
 
 Multi-device and multi-process runs are in tests/test_sweep_devices.py.
 """
@@ -19,8 +19,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxmath import sweep
-from jaxmath.sweep import (
+from jaxmath.run import sweep
+from jaxmath.run.sweep import (
     from_config,
     grid,
     group_by,

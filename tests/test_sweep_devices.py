@@ -21,7 +21,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmath.sweep import run_sweep
+from jaxmath.run.sweep import run_sweep
 from tests._sweep_job import CHUNK_SIZE, HPARAMS, train
 from tests.tolerances import F32_ATOL, F32_RTOL
 

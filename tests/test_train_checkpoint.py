@@ -1,4 +1,4 @@
-"""jaxmath.train.checkpoint: exact round trips, retention, damaged and partial steps.
+"""jaxmath.run.checkpoint: exact round trips, retention, damaged and partial steps.
 
 The reference for a restored state is the saved state itself: every leaf must be
 bit-identical (np.array_equal) with the same dtype and pytree type, including optax
@@ -22,7 +22,7 @@ import pytest
 from flax import linen as nn
 from flax.training import train_state
 
-from jaxmath.train.checkpoint import Checkpointer
+from jaxmath.run.checkpoint import Checkpointer
 
 
 def _state(scale: float = 1.0) -> dict:

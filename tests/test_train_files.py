@@ -1,4 +1,4 @@
-"""jaxmath.train.files: atomic writes and metrics.jsonl, checked against plain reads.
+"""jaxmath.run.files: atomic writes and metrics.jsonl, checked against plain reads.
 
 The reference for every value is the file read back with ``open``/``json.loads``.
 These are I/O functions, so jit/vmap/gradient checks do not apply; the kill-related
@@ -18,7 +18,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from jaxmath.train.files import MetricsLog, atomic_write_json, atomic_write_text
+from jaxmath.run.files import MetricsLog, atomic_write_json, atomic_write_text
 
 
 def _leftovers(directory: pathlib.Path) -> list[str]:

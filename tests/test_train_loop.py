@@ -1,4 +1,4 @@
-"""jaxmath.train.loop: train_loop against a bare Python loop of the same jitted step.
+"""jaxmath.run.loop: train_loop against a bare Python loop of the same jitted step.
 
 The reference is the plain loop ``state, m = step(state, batch_fn(i))``: the final
 state and the logged losses must match it. Resuming in-process (the same workdir, a
@@ -30,9 +30,9 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmath.train.checkpoint import Checkpointer
-from jaxmath.train.files import MetricsLog
-from jaxmath.train.loop import (
+from jaxmath.run.checkpoint import Checkpointer
+from jaxmath.run.files import MetricsLog
+from jaxmath.run.loop import (
     NonFiniteLossError,
     TrainResult,
     TrainTiming,

@@ -29,7 +29,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxmath.train import MetricsLog
+from jaxmath.run.files import MetricsLog
 from tests import _resume_job as job
 
 ROOT = Path(__file__).resolve().parents[1]

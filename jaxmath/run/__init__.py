@@ -1,36 +1,34 @@
-"""The run machinery: a resumable training loop, checkpoints, metrics and report files.
+"""The run layer: the machinery that runs experiments, kept apart from the equations.
 
-    from jaxmath.train import train_loop
-    result = train_loop(state, step_fn, batch_fn, num_steps=1000, workdir="runs/x")
+The equations (``jaxmath.probability``, ``linalg``, ``optim``, ``nn``, ``diffusion``, ...)
+are pure functions and import nothing from here. This package holds what turns them into
+runs on disk, one concept per module:
 
-A run writes into its workdir ``metrics.jsonl`` (:class:`MetricsLog`),
-``checkpoints/`` (:class:`Checkpointer`, orbax) and, through the report helpers,
-``summary.json``, ``plots/*.png`` and ``report.md``. Every file is written
-atomically, so a run killed at any moment resumes from its last checkpoint and
-ends bit-identical to an uninterrupted one (on CPU).
+=====================  ======================================================================
+:mod:`~.cli`           ``jaxmath run`` / ``jaxmath list`` (also ``python -m jaxmath``); loads
+                       an experiment module from the file its config names
+:mod:`~.startup`       before the first JAX computation: join a multi-process job
+                       (:func:`~.startup.init_distributed`), expose N CPU devices
+:mod:`~.config`        ``configs/<name>.py`` files, variants and ``--config.a.b=value``
+                       overrides
+:mod:`~.loop`          :func:`~.loop.train_loop`: a resumable training loop (progress,
+                       metrics, checkpoints)
+:mod:`~.checkpoint`    :class:`~.checkpoint.Checkpointer` (orbax)
+:mod:`~.files`         atomic file writes and ``metrics.jsonl`` (:class:`~.files.MetricsLog`)
+:mod:`~.report`        ``summary.json``, plots and ``report.md``
+:mod:`~.sweep`         hyperparameter sweeps as one compiled, vmapped, sharded program
+                       (``jm.sweep``)
+:mod:`~.datasets`      toy 2-D datasets as keyed, jit-able samplers (``jm.datasets``)
+:mod:`~.tour`          the blog post's examples evaluated with jaxmath beside NumPy
+                       (``make tour``)
+=====================  ======================================================================
+
+Import what you need from its module, e.g. ``from jaxmath.run.loop import train_loop``;
+this package imports none of them itself, so ``import jaxmath`` (which re-exports
+``sweep`` and ``datasets``) does not load orbax or the command line.
+
+A run writes into its workdir ``config.json``, ``metrics.jsonl``, ``checkpoints/``,
+``summary.json``, ``plots/*.png`` and ``report.md``. Every file is written atomically,
+so a run killed at any moment resumes from its last checkpoint and ends bit-identical to
+an uninterrupted one (on CPU).
 """
-
-from jaxmath.train.checkpoint import Checkpointer
-from jaxmath.train.files import (
-    MetricsLog,
-    atomic_write_bytes,
-    atomic_write_json,
-    atomic_write_text,
-)
-from jaxmath.train.loop import NonFiniteLossError, TrainResult, TrainTiming, train_loop
-from jaxmath.train.report import save_figure, write_report, write_summary
-
-__all__ = [
-    "Checkpointer",
-    "MetricsLog",
-    "NonFiniteLossError",
-    "TrainResult",
-    "TrainTiming",
-    "atomic_write_bytes",
-    "atomic_write_json",
-    "atomic_write_text",
-    "save_figure",
-    "train_loop",
-    "write_report",
-    "write_summary",
-]

@@ -7,11 +7,12 @@
     jaxmath list [--configs DIR]
     python -m jaxmath ...                  # the same
 
-``run`` loads the config (:func:`jaxmath.config.load_config`: unknown keys and wrong types fail
-here, before any work), writes ``DIR/config.json``, imports ``experiments.<config.experiment>``
-from the repository that holds the config file (``<config dir>/../experiments/``), calls its
-``run(config, workdir)``, adds run facts to the returned summary and writes ``summary.json`` and
-``report.md``; it ends by printing the summary table and the report's path.
+``run`` loads the config (:func:`jaxmath.run.config.load_config`: unknown keys and wrong types
+fail here, before any work), writes ``DIR/config.json``, loads the experiment
+``<config dir>/../experiments/<config.experiment>.py`` by its file location
+(:func:`load_experiment`; ``sys.path`` is left alone), calls its ``run(config, workdir)``, adds
+run facts to the returned summary and writes ``summary.json`` and ``report.md``; it ends by
+printing the summary table and the report's path.
 
 Resuming: running again with the same ``--workdir`` continues the run (the training loop resumes
 from its last checkpoint). The stored ``config.json`` must then equal the new resolved config
@@ -22,12 +23,14 @@ the differing keys. ``--overwrite`` starts afresh: it deletes the run files list
 :data:`RUN_FILES` from the workdir (nothing else).
 
 Multi-process runs: when the environment asks for one (``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; see :func:`jaxmath.sweep.init_distributed`), ``run``
-joins the job before any JAX computation; every process runs the experiment, and only process 0
-writes ``config.json``, ``summary.json``, ``report.md`` and plots, and prints the summary.
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; see :func:`jaxmath.run.startup.init_distributed`),
+``run`` joins the job before any JAX computation; every process runs the experiment, and only
+process 0 writes ``config.json``, ``summary.json``, ``report.md`` and plots, and prints the
+summary.
 
-Several cores, one sweep: ``--cpu-devices N`` exposes N CPU devices (:func:`use_cpu_devices`)
-and :func:`jaxmath.sweep.run_sweep` shards each sweep over them; on the 2-core machine the MLP
+Several cores, one sweep: ``--cpu-devices N`` exposes N CPU devices
+(:func:`jaxmath.run.startup.use_cpu_devices`) and :func:`jaxmath.run.sweep.run_sweep` shards
+each sweep over them; on the 2-core machine the MLP
 sweep benchmark ran 1.25-1.6x faster on 2 devices than on 1, with the same results.
 
 Exit status: 0 on success; 2 for a usage or config error (one line on stderr, no traceback);
@@ -38,31 +41,33 @@ Exit status: 0 on success; 2 for a usage or config error (one line on stderr, no
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
+import hashlib
 import importlib
-import importlib.util
 import json
 import os
 import shlex
 import shutil
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
-from jaxmath.config import (
+from jaxmath.run import startup
+from jaxmath.run.config import (
     ConfigError,
     config_docstring,
     config_to_dict,
     find_repo,
+    import_file,
     load_config,
     resolve_spec,
 )
 
-__all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "main", "run_experiment",
-           "use_cpu_devices"]
+__all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "load_experiment", "main",
+           "run_experiment"]
 
 RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every")
 """Top-level config keys that may differ from the stored config.json when a run is resumed."""
@@ -139,60 +144,34 @@ def _check_workdir(workdir: Path, config, overwrite: bool, writer: bool) -> None
             "or --overwrite to start afresh")
 
 
-def _is_package_in(module_or_spec_paths, package_dir: Path) -> bool:
-    return any(Path(p).resolve() == package_dir for p in module_or_spec_paths or ())
+def _experiment_file(experiments_dir: str | os.PathLike, name: str) -> Path:
+    path = Path(experiments_dir).resolve() / f"{name}.py"
+    if not path.is_file():
+        raise ConfigError(f"config.experiment={name!r}: no {path}")
+    return path
 
 
-@contextlib.contextmanager
-def _experiments_package(repo: Path) -> Iterator[None]:
-    """Make ``import experiments.<name>`` load from ``repo/experiments``.
+def load_experiment(experiments_dir: str | os.PathLike, name: str) -> ModuleType:
+    """The module ``experiments_dir/<name>.py``, imported by its file location.
 
-    The repository root goes first on ``sys.path`` unless ``experiments`` already resolves
-    there. If another repository's ``experiments`` package is already imported (tests use
-    several repositories in one process), it is set aside while the run lasts and restored after.
+    The folder is loaded as a package (its ``__init__.py``) under a name made from its
+    absolute path, ``_jaxmath_experiments_<digest>``, and the module as ``<that>.<name>``:
+    the experiments of one folder may import each other relatively (``from ._train import
+    ...``), two repositories' ``experiments/`` never collide, and neither ``sys.path`` nor an
+    ``experiments`` package imported by the caller is touched. A second call returns the
+    module already loaded.
+
+    Raises:
+      ConfigError: no ``<name>.py`` in the folder, or no ``__init__.py``.
     """
-    package_dir = (repo / "experiments").resolve()
-    loaded = sys.modules.get("experiments")
-    if loaded is not None and _is_package_in(getattr(loaded, "__path__", ()), package_dir):
-        yield
-        return
-    saved = {k: m for k, m in sys.modules.items()
-             if k == "experiments" or k.startswith("experiments.")}
-    for key in saved:
-        del sys.modules[key]
-    root = str(repo.resolve())
-    importlib.invalidate_caches()
-    spec = importlib.util.find_spec("experiments")
-    inserted = spec is None or not _is_package_in(spec.submodule_search_locations, package_dir)
-    if inserted:
-        sys.path.insert(0, root)
-    try:
-        yield
-    finally:
-        if saved:  # give the other repository its package back
-            for key in [k for k in sys.modules
-                        if k == "experiments" or k.startswith("experiments.")]:
-                del sys.modules[key]
-            sys.modules.update(saved)
-            if inserted:
-                sys.path.remove(root)
-
-
-def _init_distributed() -> bool:
-    """Join a multi-process JAX job if the environment asks for one (before any computation)."""
-    try:
-        from jaxmath.sweep import init_distributed
-    except ModuleNotFoundError as e:
-        if e.name != "jaxmath.sweep":
-            raise
-        if not os.environ.get("JAX_COORDINATOR_ADDRESS"):
-            return False
-        import jax
-
-        if not jax.distributed.is_initialized():
-            jax.distributed.initialize()  # reads JAX_COORDINATOR_ADDRESS and friends
-        return True
-    return init_distributed()
+    directory = _experiment_file(experiments_dir, name).parent
+    init = directory / "__init__.py"
+    if not init.is_file():
+        raise ConfigError(f"{directory} is not a package of experiments (no __init__.py)")
+    package = f"_jaxmath_experiments_{hashlib.sha1(str(directory).encode()).hexdigest()[:12]}"
+    if package not in sys.modules:
+        import_file(init, package, package=True)
+    return importlib.import_module(f"{package}.{name}")
 
 
 def _run_facts(wall_time_s: float) -> dict[str, Any]:
@@ -240,7 +219,7 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
       >>> run_experiment("missing.py", "/tmp/x")
       Traceback (most recent call last):
       ...
-      jaxmath.config.ConfigError: config file 'missing.py' not found ...
+      jaxmath.run.config.ConfigError: config file 'missing.py' not found ...
     """
     overrides = list(overrides)
     config_path, variant = resolve_spec(spec)
@@ -250,16 +229,14 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
         raise ConfigError(
             f"{config_path.name}: config.experiment must name a module in experiments/, "
             f"got {name!r}")
-    repo = config_path.parent.parent
-    if not (repo / "experiments" / f"{name}.py").is_file():
-        raise ConfigError(
-            f"config.experiment={name!r}: no {repo / 'experiments' / (name + '.py')}")
+    experiments_dir = config_path.parent.parent / "experiments"
+    _experiment_file(experiments_dir, name)  # fail before any work
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {str(workdir)!r} exists and is not a directory")
     resolved = config_to_dict(config)
 
-    _init_distributed()
+    startup.init_distributed()
     import jax
 
     writer = jax.process_index() == 0
@@ -267,23 +244,22 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
 
-        multihost_utils.sync_global_devices("jaxmath.cli: workdir checked")
+        multihost_utils.sync_global_devices("jaxmath.run.cli: workdir checked")
 
-    from jaxmath.train.files import atomic_write_json
-    from jaxmath.train.report import summary_table, write_report, write_summary
+    from jaxmath.run.files import atomic_write_json
+    from jaxmath.run.report import summary_table, write_report, write_summary
 
     if writer:
         workdir.mkdir(parents=True, exist_ok=True)
         atomic_write_json(workdir / "config.json", resolved)
     if verbose and writer:
         print(f"{_PROG}: experiments/{name}.py in {workdir} (config {spec})", flush=True)
-    with _experiments_package(repo):
-        module = importlib.import_module(f"experiments.{name}")
-        if not callable(getattr(module, "run", None)):
-            raise ConfigError(f"experiments/{name}.py defines no run(config, workdir)")
-        start = time.perf_counter()
-        summary = module.run(config, workdir)
-        wall_time_s = time.perf_counter() - start
+    module = load_experiment(experiments_dir, name)
+    if not callable(getattr(module, "run", None)):
+        raise ConfigError(f"experiments/{name}.py defines no run(config, workdir)")
+    start = time.perf_counter()
+    summary = module.run(config, workdir)
+    wall_time_s = time.perf_counter() - start
     if summary is None:
         summary = {}
     if not isinstance(summary, dict):
@@ -348,26 +324,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def use_cpu_devices(count: int) -> None:
-    """Expose ``count`` CPU devices (``jax_num_cpu_devices``), e.g. one per core.
-
-    :func:`jaxmath.sweep.run_sweep` then shards a sweep over them, one thread of work each;
-    results are those of one device. Only the CPU backend is affected, and only before JAX
-    has started a backend in this process.
-    """
-    if isinstance(count, bool) or not isinstance(count, int) or count < 1:
-        raise ConfigError(f"--cpu-devices must be a positive int, got {count!r}")
-    import jax
-
-    try:
-        jax.config.update("jax_num_cpu_devices", count)
-    except RuntimeError as e:  # a backend already runs: the count can no longer change
-        raise ConfigError(f"--cpu-devices {count}: {e}") from None
-
-
 def _cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.cpu_devices is not None:
-        use_cpu_devices(args.cpu_devices)
+        startup.use_cpu_devices(args.cpu_devices)
     run_experiment(args.config, args.workdir, overrides, overwrite=args.overwrite)
     return 0
 

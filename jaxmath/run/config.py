@@ -44,6 +44,7 @@ import math
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 import ml_collections
@@ -54,6 +55,7 @@ __all__ = [
     "config_docstring",
     "config_to_dict",
     "find_repo",
+    "import_file",
     "load_config",
     "parse_override",
     "resolve_spec",
@@ -124,7 +126,7 @@ def resolve_spec(spec: str) -> tuple[Path, str | None]:
       >>> resolve_spec("no/such/config.py:quick")
       Traceback (most recent call last):
       ...
-      jaxmath.config.ConfigError: config file 'no/such/config.py' not found ...
+      jaxmath.run.config.ConfigError: config file 'no/such/config.py' not found ...
     """
     path, variant = split_spec(spec)
     candidate = Path(path)
@@ -155,22 +157,48 @@ def config_docstring(path: str | Path) -> str:
         return ""
 
 
-def _load_module(path: Path):
-    name = f"_jaxmath_config_{path.stem}_{abs(hash(str(path))):x}"
-    spec = importlib.util.spec_from_file_location(name, path)
+def import_file(path: str | Path, name: str, *, package: bool = False) -> ModuleType:
+    """Import the Python file ``path`` as the module ``name``, by its location (no sys.path).
+
+    importlib's recipe for a source file: ``spec_from_file_location``, ``module_from_spec``,
+    an entry in ``sys.modules`` (dataclasses, pickling and relative imports look a module up
+    there), ``exec_module``. With ``package``, ``path`` is a package's ``__init__.py`` and its
+    folder is the package's search path: ``importlib.import_module(f"{name}.sub")`` then
+    loads ``sub.py`` from that folder, and the package's modules may import each other
+    relatively (``from ._data import load``). If running the file fails, ``name`` is
+    removed from ``sys.modules`` again and the error propagates.
+
+    Example:
+      >>> import os, tempfile
+      >>> with tempfile.TemporaryDirectory() as d:
+      ...     p = os.path.join(d, "m.py")
+      ...     _ = open(p, "w").write("x = 3\\n")
+      ...     import_file(p, "_jaxmath_example_m").x
+      3
+    """
+    path = Path(path)
+    spec = importlib.util.spec_from_file_location(
+        name, path, submodule_search_locations=[str(path.parent)] if package else None)
     if spec is None or spec.loader is None:
-        raise ConfigError(f"config file {str(path)!r} is not a Python file")
+        raise ConfigError(f"{str(path)!r} is not a Python file")
     module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module  # dataclasses and pickling look the module up by name
+    sys.modules[name] = module
     try:
         spec.loader.exec_module(module)
-    except SyntaxError as e:
-        del sys.modules[name]
-        raise ConfigError(f"config file {str(path)!r} line {e.lineno}: {e.msg}") from None
     except BaseException:
         del sys.modules[name]
         raise
     return module
+
+
+def _load_module(path: Path) -> ModuleType:
+    """A config file as a module of its own (the same file at two paths: two modules)."""
+    try:
+        return import_file(path, f"_jaxmath_config_{path.stem}_{abs(hash(str(path))):x}")
+    except SyntaxError as e:
+        raise ConfigError(f"config file {str(path)!r} line {e.lineno}: {e.msg}") from None
+    except ConfigError as e:
+        raise ConfigError(f"config file {e}") from None
 
 
 def _call_get_config(module, path: Path, variant: str | None) -> ml_collections.ConfigDict:
@@ -442,7 +470,7 @@ def apply_overrides(config: ml_collections.ConfigDict,
       >>> apply_overrides(c, ["--config.optim.learning_rat=3e-4"])
       Traceback (most recent call last):
       ...
-      jaxmath.config.ConfigError: unknown config key 'optim.learning_rat'; closest valid keys: ...
+      jaxmath.run.config.ConfigError: unknown config key 'optim.learning_rat'; ...
     """
     if isinstance(overrides, str):
         raise TypeError("overrides must be a sequence of strings, got a single string")

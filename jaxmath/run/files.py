@@ -205,7 +205,7 @@ class MetricsLog:
 
         Values may be Python, NumPy or JAX scalars (arrays become lists). A flushed
         row survives a killed process; ``fsync`` also makes it survive a machine
-        crash. :func:`~jaxmath.train.train_loop` passes ``fsync=False`` and calls
+        crash. :func:`~jaxmath.run.loop.train_loop` passes ``fsync=False`` and calls
         :meth:`sync` before each checkpoint instead, so that a crash never leaves
         a checkpoint newer than the rows before it, at one fsync per checkpoint.
         """

@@ -6,7 +6,7 @@ flax's ``step``): the row ``{"step": s, "loss": ...}`` of ``metrics.jsonl`` hold
 the metrics of update ``s``, and the checkpoint ``s`` holds ``state_s``.
 
 Resuming: the state is restored from the newest good checkpoint ``s`` (see
-:class:`~jaxmath.train.checkpoint.Checkpointer`), the rows after ``s`` are dropped
+:class:`~jaxmath.run.checkpoint.Checkpointer`), the rows after ``s`` are dropped
 from ``metrics.jsonl`` and the loop goes on with ``batch_fn(s)``. Because the
 state (parameters, optimiser state, PRNG keys) is restored exactly and
 ``batch_fn`` is a function of the step alone, the resumed run computes the same
@@ -64,8 +64,8 @@ from jax import lax
 from tqdm.auto import tqdm
 
 from jaxmath._checks import check_choice
-from jaxmath.train.checkpoint import Checkpointer
-from jaxmath.train.files import MetricsLog
+from jaxmath.run.checkpoint import Checkpointer
+from jaxmath.run.files import MetricsLog
 
 PyTree = Any
 

@@ -1,6 +1,6 @@
 """What a run leaves to be read: plots, ``summary.json`` and a ``report.md`` that embeds them.
 
-Layout of a workdir (the other files come from :mod:`jaxmath.train.files` and the checkpointer)::
+Layout of a workdir (the other files come from :mod:`jaxmath.run.files` and the checkpointer)::
 
     workdir/config.json      the resolved config, written before the run starts
     workdir/metrics.jsonl    one JSON object per logged step
@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from jaxmath.train.files import _is_writer, atomic_write_bytes, atomic_write_json, atomic_write_text
+from jaxmath.run.files import _is_writer, atomic_write_bytes, atomic_write_json, atomic_write_text
 
 __all__ = ["format_value", "save_figure", "summary_table", "write_report", "write_summary"]
 

@@ -8,8 +8,9 @@ column per hyperparameter) and a function :math:`f` run on each:
 :func:`grid` and :func:`zip_axes` build the table (:func:`from_config` from a
 config's ``sweep`` block); :func:`run_sweep` computes every :math:`r_s` as
 ``jax.jit(jax.vmap(f))`` over the sweep axis, sharded over all devices;
-:func:`write_table` writes one row per configuration; :func:`init_distributed`
-joins the processes of a multi-machine job first. Numeric hyperparameters are
+:func:`write_table` writes one row per configuration;
+:func:`~jaxmath.run.startup.init_distributed` (re-exported here) joins the processes
+of a multi-machine job first. Numeric hyperparameters are
 traced values, so a sweep compiles once whatever their values; hyperparameters
 that change shapes (widths, step counts) are ``static`` and run one compiled
 program per distinct value (:func:`group_by`).
@@ -19,13 +20,8 @@ For plain gradient descent over learning rates,
 idea (sweep axis inside the step loop) and is faster on CPU; ``run_sweep`` takes
 any ``fn``.
 
-Multi-process runs read these environment variables (:func:`init_distributed`):
-
-* ``JAX_COORDINATOR_ADDRESS``: ``host:port`` of process 0's coordinator service;
-* ``JAX_NUM_PROCESSES``: the number of processes;
-* ``JAX_PROCESS_ID``: this process's index, ``0 <= id < JAX_NUM_PROCESSES``;
-* ``JAXMATH_DISTRIBUTED=auto``: instead of the three above, let
-  ``jax.distributed.initialize()`` detect the cluster (SLURM, Open MPI, TPU pods).
+Multi-process runs: see :mod:`jaxmath.run.startup` for the environment variables
+``init_distributed`` reads; ``jaxmath run`` calls it before the experiment starts.
 """
 
 from __future__ import annotations
@@ -43,6 +39,9 @@ from typing import Any
 import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from jaxmath.run.files import atomic_write_text
+from jaxmath.run.startup import init_distributed as init_distributed  # part of the sweep API
 
 ArrayLike = jax.typing.ArrayLike
 PyTree = Any
@@ -554,75 +553,5 @@ def write_table(path: str | os.PathLike, hparams: Mapping[str, ArrayLike], resul
         writer.writerows(rows)
         text = buffer.getvalue()
     if all_processes or jax.process_index() == 0:
-        from jaxmath.train.files import atomic_write_text  # imported here: orbax is heavy
-
         atomic_write_text(path, text)
     return path
-
-
-# ----------------------------------------------------------------- init_distributed
-
-
-def _env_int(environ: Mapping[str, str], name: str) -> int:
-    text = environ.get(name)
-    if text is None:
-        raise ValueError(f"JAX_COORDINATOR_ADDRESS is set, so {name} must be set too "
-                         "(JAX_NUM_PROCESSES: how many processes; JAX_PROCESS_ID: this one's "
-                         "index)")
-    try:
-        return int(text)
-    except ValueError:
-        raise ValueError(f"{name} must be an integer, got {text!r}") from None
-
-
-def init_distributed(*, environ: Mapping[str, str] | None = None) -> bool:
-    r"""Join a multi-process JAX job when the environment asks for it.
-
-    With ``JAX_COORDINATOR_ADDRESS=host:port``, ``JAX_NUM_PROCESSES=P`` and
-    ``JAX_PROCESS_ID=i`` set, calls
-    ``jax.distributed.initialize(host:port, P, i)``; with
-    ``JAXMATH_DISTRIBUTED=auto``, calls ``jax.distributed.initialize()`` and lets
-    JAX detect the cluster (SLURM, Open MPI, TPU pods, ...). After it,
-    ``jax.devices()`` lists the devices of all processes, and :func:`run_sweep`
-    shards over them and returns every result on every process. Call it first,
-    before anything runs a JAX computation, on every process with the same code.
-    On CPU the processes talk through gloo (``jax_cpu_collectives_implementation``,
-    set to ``"gloo"`` here if it is ``"none"``).
-
-    Args:
-      environ: the variables to read; default ``os.environ``.
-
-    Returns:
-      True if this process is part of a multi-process job (initialised now or
-      before), False if the environment asks for none (no variables set, or
-      ``JAX_NUM_PROCESSES=1``): a single process then runs on its local devices.
-
-    Example:
-      >>> init_distributed(environ={})
-      False
-    """
-    environ = os.environ if environ is None else environ
-    if jax.distributed.is_initialized():
-        return True
-    address = environ.get("JAX_COORDINATOR_ADDRESS")
-    auto = environ.get("JAXMATH_DISTRIBUTED", "").lower()
-    if auto not in ("", "0", "auto"):
-        raise ValueError(f"JAXMATH_DISTRIBUTED must be 'auto' or unset, got {auto!r}")
-    if address is None and auto != "auto":
-        return False
-    if jax.config.jax_cpu_collectives_implementation in (None, "none"):
-        jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if address is None:
-        jax.distributed.initialize()
-        return True
-    if ":" not in address:
-        raise ValueError(f"JAX_COORDINATOR_ADDRESS must be host:port, got {address!r}")
-    num_processes = _env_int(environ, "JAX_NUM_PROCESSES")
-    process_id = _env_int(environ, "JAX_PROCESS_ID")
-    if num_processes < 1 or not 0 <= process_id < num_processes:
-        raise ValueError(f"need JAX_NUM_PROCESSES >= 1 and 0 <= JAX_PROCESS_ID < "
-                         f"JAX_NUM_PROCESSES, got {num_processes} and {process_id}")
-    if num_processes == 1:
-        return False
-    jax.distributed.initialize(address, num_processes, process_id)
-    return True

@@ -1,6 +1,6 @@
 """A tour of the seed's equations: each example evaluated with jaxmath.
 
-Run with ``make run`` or ``python -m jaxmath.tour``. Every row prints jaxmath's
+Run with ``make run`` or ``python -m jaxmath.run.tour``. Every row prints jaxmath's
 value beside the output the seed blog post printed and an independent NumPy
 reference computed here, and marks where the seed's printed output is wrong
 (``docs/errata.md`` has the evidence for each).
