@@ -157,9 +157,9 @@ def _rel_entr_jvp(primals, tangents):
 
 
 def _dists(named: Sequence[tuple[ArrayLike, str]], axis: int | Sequence[int],
-           validate: bool, where: ArrayLike | None = None):
+           validate: bool, where: ArrayLike | None = None, base: float | None = None):
     """Inputs as one float dtype, checked to broadcast; the normalised axis (an int, or a
-    tuple where a tuple was given) and the checked mask (or None)."""
+    tuple where a tuple was given) and the checked mask (or None); ``base`` checked."""
     arrays = _checks.as_floats(*named)
     names = [name for _, name in named]
     shape = _checks.broadcast_shapes(*zip(arrays, names, strict=True))
@@ -172,6 +172,7 @@ def _dists(named: Sequence[tuple[ArrayLike, str]], axis: int | Sequence[int],
     if validate:
         for a, name in zip(arrays, names, strict=True):
             _checks.check_distribution(jnp.broadcast_to(a, shape), name, axis, where=mask)
+    _check_base(base)
     return arrays, axis, mask
 
 
@@ -202,6 +203,21 @@ def _in_base(nats: jax.Array, base: float | None, dtype) -> jax.Array:
     if base is not None:
         nats = nats / np.log(base)
     return nats.astype(dtype)
+
+
+def _measure(nats):
+    """The jitted kernel of an information measure from ``nats(*arrays, axis=axis)``, its
+    value in nats: called as ``kernel(arrays, axis, base, mask)``, it upcasts the arrays
+    (float32 at least), deletes the entries ``mask`` excludes, and returns the value in
+    ``base`` units and the dtype of the first array."""
+    def kernel(arrays: tuple[jax.Array, ...], axis: int | tuple[int, ...], base: float | None,
+               mask: jax.Array | None = None) -> jax.Array:
+        deleted = _deleted(mask, *(_upcast(a) for a in arrays))
+        return _in_base(nats(*deleted, axis=axis), base, arrays[0].dtype)
+
+    kernel.__name__, kernel.__qualname__, kernel.__doc__ = (
+        nats.__name__, nats.__qualname__, nats.__doc__)
+    return partial(jax.jit, static_argnames=("axis", "base"))(kernel)
 
 
 @jax.jit
@@ -508,16 +524,13 @@ def entropy(p: ArrayLike, axis: int | Sequence[int] = -1, base: float | None = N
       ...               where=jnp.array([True, True, False])))
       1.0
     """
-    (p,), axis, mask = _dists([(p, "p")], axis, validate, where)
-    _check_base(base)
-    return _entropy(p, axis, base, mask)
+    arrays, axis, mask = _dists([(p, "p")], axis, validate, where, base)
+    return _entropy(arrays, axis, base, mask)
 
 
-@partial(jax.jit, static_argnames=("axis", "base"))
-def _entropy(p: jax.Array, axis: int | tuple[int, ...], base: float | None,
-             mask: jax.Array | None = None) -> jax.Array:
-    (x,) = _deleted(mask, _upcast(p))
-    return _in_base(-jnp.sum(_xlogy(x, x), axis=axis), base, p.dtype)
+@_measure
+def _entropy(p: jax.Array, *, axis: int | tuple[int, ...]) -> jax.Array:
+    return -jnp.sum(_xlogy(p, p), axis=axis)
 
 
 def kl_divergence(p: ArrayLike, q: ArrayLike, axis: int | Sequence[int] = -1,
@@ -555,16 +568,13 @@ def kl_divergence(p: ArrayLike, q: ArrayLike, axis: int | Sequence[int] = -1,
       >>> float(kl_divergence(p, p))
       0.0
     """
-    (p, q), axis, mask = _dists([(p, "p"), (q, "q")], axis, validate, where)
-    _check_base(base)
-    return _kl_divergence(p, q, axis, base, mask)
+    arrays, axis, mask = _dists([(p, "p"), (q, "q")], axis, validate, where, base)
+    return _kl_divergence(arrays, axis, base, mask)
 
 
-@partial(jax.jit, static_argnames=("axis", "base"))
-def _kl_divergence(p: jax.Array, q: jax.Array, axis: int | tuple[int, ...],
-                   base: float | None, mask: jax.Array | None = None) -> jax.Array:
-    p_, q_ = _deleted(mask, _upcast(p), _upcast(q))
-    return _in_base(jnp.sum(_rel_entr(p_, q_), axis=axis), base, p.dtype)
+@_measure
+def _kl_divergence(p: jax.Array, q: jax.Array, *, axis: int | tuple[int, ...]) -> jax.Array:
+    return jnp.sum(_rel_entr(p, q), axis=axis)
 
 
 def cross_entropy(p: ArrayLike, q: ArrayLike, axis: int | Sequence[int] = -1,
@@ -599,16 +609,13 @@ def cross_entropy(p: ArrayLike, q: ArrayLike, axis: int | Sequence[int] = -1,
       >>> float(cross_entropy(jnp.array([1.0, 0.0]), jnp.array([0.8, 0.2])))
       0.2231...
     """
-    (p, q), axis, mask = _dists([(p, "p"), (q, "q")], axis, validate, where)
-    _check_base(base)
-    return _cross_entropy(p, q, axis, base, mask)
+    arrays, axis, mask = _dists([(p, "p"), (q, "q")], axis, validate, where, base)
+    return _cross_entropy(arrays, axis, base, mask)
 
 
-@partial(jax.jit, static_argnames=("axis", "base"))
-def _cross_entropy(p: jax.Array, q: jax.Array, axis: int | tuple[int, ...],
-                   base: float | None, mask: jax.Array | None = None) -> jax.Array:
-    p_, q_ = _deleted(mask, _upcast(p), _upcast(q))
-    return _in_base(-jnp.sum(_xlogy(p_, q_), axis=axis), base, p.dtype)
+@_measure
+def _cross_entropy(p: jax.Array, q: jax.Array, *, axis: int | tuple[int, ...]) -> jax.Array:
+    return -jnp.sum(_xlogy(p, q), axis=axis)
 
 
 def binary_cross_entropy(y_true: ArrayLike, y_pred: ArrayLike, validate: bool = False,
@@ -706,18 +713,14 @@ def js_divergence(p: ArrayLike, q: ArrayLike, axis: int | Sequence[int] = -1,
       >>> float(js_divergence(jnp.array([1.0, 0.0]), jnp.array([0.0, 1.0])))  # log 2
       0.6931...
     """
-    (p, q), axis, mask = _dists([(p, "p"), (q, "q")], axis, validate, where)
-    _check_base(base)
-    return _js_divergence(p, q, axis, base, mask)
+    arrays, axis, mask = _dists([(p, "p"), (q, "q")], axis, validate, where, base)
+    return _js_divergence(arrays, axis, base, mask)
 
 
-@partial(jax.jit, static_argnames=("axis", "base"))
-def _js_divergence(p: jax.Array, q: jax.Array, axis: int | tuple[int, ...],
-                   base: float | None, mask: jax.Array | None = None) -> jax.Array:
-    p_, q_ = _deleted(mask, _upcast(p), _upcast(q))
-    m = 0.5 * (p_ + q_)  # exactly p where q == p: p + p and the halving are exact
-    return _in_base(0.5 * jnp.sum(_rel_entr(p_, m) + _rel_entr(q_, m), axis=axis), base,
-                    p.dtype)
+@_measure
+def _js_divergence(p: jax.Array, q: jax.Array, *, axis: int | tuple[int, ...]) -> jax.Array:
+    m = 0.5 * (p + q)  # exactly p where q == p: p + p and the halving are exact
+    return 0.5 * jnp.sum(_rel_entr(p, m) + _rel_entr(q, m), axis=axis)
 
 
 def mutual_information(joint: ArrayLike, base: float | None = None,
