@@ -1,9 +1,11 @@
-"""attention against torch scaled_dot_product_attention, jax.nn and the seed's example."""
+"""attention against torch scaled_dot_product_attention, jax.nn, flax and the attention
+example of the blog post of core ML equations."""
 
 import collections
 import importlib
 import re
 
+import flax.linen as nn
 import hypothesis.extra.numpy as hnp
 import jax
 import jax.numpy as jnp
@@ -23,6 +25,10 @@ NN = default_precision_tol()  # float32 layers at JAX's default precision
 attention_module = importlib.import_module("jaxmath.nn.attention")  # not the function
 
 BF16_ATOL = 3e-2  # bfloat16 inputs (8-bit mantissa) against a float32 reference
+DROP = 0.3  # the attention dropout rate of the tests
+# The mean output over DROPOUT_DRAWS keep patterns against the output without dropout:
+# each entry's standard error is below 0.005 here, so 0.03 is over six of them.
+DROPOUT_DRAWS, DROPOUT_MEAN_ATOL = 4000, 3e-2
 
 
 def _normal(rng, *shape, dtype=np.float32):
@@ -56,11 +62,11 @@ def _random_mask(rng, shape):
 
 # --------------------------------------------------------------------------- values
 
-def test_seed_example_matches_torch():
+def test_blog_post_example_matches_torch():
     Q = torch.tensor([[1., 0.], [0., 1.]])
     K = torch.tensor([[1., 1.], [1., 0.]])
     V = torch.tensor([[0., 1.], [1., 0.]])
-    # The seed's own PyTorch function.
+    # The blog post's own PyTorch function.
     scores = torch.matmul(Q, K.transpose(-2, -1)) / torch.sqrt(torch.tensor(2.0))
     expected = torch.matmul(torch.softmax(scores, dim=-1), V).numpy()
     np.testing.assert_allclose(expected, _sdpa(Q.numpy(), K.numpy(), V.numpy()),
@@ -175,7 +181,7 @@ def test_fully_masked_rows_give_zeros_and_zero_gradients(rng):
         out = attention(q, k, v, **kw)
         assert np.all(np.isfinite(out))
         np.testing.assert_array_equal(np.asarray(out)[masked], 0.0)
-        # torch 2.13's SDPA also gives zeros there (a plain softmax, as in the seed, gives NaN).
+        # torch 2.13's SDPA also gives zeros there (the blog post's plain softmax gives NaN).
         ref = _sdpa(q, k, v, attn_mask=inf_bias if "bias" in kw else mask)
         np.testing.assert_allclose(out, ref, rtol=F32_LOOSE, atol=F32_LOOSE)
         naive = torch.softmax(_t(q) @ _t(k).transpose(-1, -2) / 2 + _t(inf_bias), -1) @ _t(v)
@@ -353,6 +359,117 @@ def test_multi_head_jit_and_vmap(rng):
                                atol=F32_LOOSE)
 
 
+# --------------------------------------------------------------------------- dropout
+
+def _softmax_weights(q, k, keep, scale):
+    """float64 softmax of ``scale q k^T`` over the attended keys (every row has one)."""
+    s = np.where(keep, scale * np.asarray(q, np.float64) @ np.swapaxes(k, -1, -2), -np.inf)
+    w = np.exp(s - s.max(-1, keepdims=True))
+    return w / w.sum(-1, keepdims=True)
+
+
+@pytest.mark.parametrize("broadcast", [True, False])
+def test_dropout_matches_numpy_with_the_pattern_of_flax(rng, broadcast):
+    """Weights times keep / (1 - p) after normalisation, the pattern drawn as flax draws
+    it: bernoulli(rng, 1 - p, shape) of the scores' shape, or (1, 1, Lq, Lk) shared."""
+    q, k, v = _qkv(rng, lq=5, lk=7)
+    mask = _random_mask(rng, (2, 1, 5, 7))
+    key = jax.random.key(5)
+    out = attention(q, k, v, mask=mask, is_causal=True, dropout_rate=DROP, dropout_rng=key,
+                    broadcast_dropout=broadcast)
+    pattern = np.asarray(jax.random.bernoulli(key, 1 - DROP, (1, 1, 5, 7) if broadcast
+                                              else (2, 3, 5, 7)))
+    weights = _softmax_weights(q, k, mask & np.tril(np.ones((5, 7), bool)), 0.5)
+    np.testing.assert_allclose(out, weights * pattern / (1 - DROP) @ v, **NN)
+    assert not np.allclose(out, attention(q, k, v, mask=mask, is_causal=True))
+
+
+def test_multi_head_dropout_matches_flax_dot_product_attention(rng):
+    """One pattern per weight [B, H, Lq, Lk] (the shared one: tests/test_mha.py)."""
+    q, k, v = _normal(rng, 2, 5, 4, 8), _normal(rng, 2, 6, 4, 8), _normal(rng, 2, 6, 4, 3)
+    mask, bias = _random_mask(rng, (2, 1, 5, 6)), _normal(rng, 4, 5, 6)
+    key = jax.random.key(2)
+    out = multi_head_attention(q, k, v, mask=mask, bias=bias, dropout_rate=DROP,
+                               dropout_rng=key, broadcast_dropout=False)
+    ref = nn.dot_product_attention(q, k, v, bias=bias, mask=mask, dropout_rng=key,
+                                   dropout_rate=DROP, broadcast_dropout=False,
+                                   deterministic=False)
+    np.testing.assert_allclose(out, ref, **NN)
+
+
+@pytest.mark.parametrize("impl", ["blockwise", "pallas"])
+def test_dropout_on_every_path_equals_xla(rng, impl):
+    """The same key gives the same values and gradients on every path: a pattern per score
+    in the [..., L, d] layout (broadcast leading axes, mask, -inf bias, key lengths, causal,
+    several blocks), one shared by batch and heads in the GQA layout."""
+    q, k, v = _normal(rng, 2, 2, 20, 8), _normal(rng, 2, 1, 19, 8), _normal(rng, 1, 19, 5)
+    mask, bias = _random_mask(rng, (2, 1, 20, 19)), _normal(rng, 2, 20, 19)
+    bias[1, :, 2] = -np.inf
+    lengths = np.array([[15], [19]])
+    q_h, kv_h = _normal(rng, 2, 20, 4, 8), _normal(rng, 2, 17, 2, 8)
+    keys = jax.random.split(jax.random.key(1))
+
+    def fn(path):
+        blocks = {"xla": None, "blockwise": (8, 8), "pallas": (16, 16)}[path]
+
+        def f(q, k, v, bias, q_h, kv_h):
+            per_score = attention(q, k, v, mask=mask, bias=bias, is_causal=True,
+                                  key_lengths=lengths, dropout_rate=DROP, dropout_rng=keys[0],
+                                  broadcast_dropout=False, implementation=path,
+                                  block_size=blocks)
+            shared = multi_head_attention(q_h, kv_h, kv_h, is_causal=True, dropout_rate=DROP,
+                                          dropout_rng=keys[1], implementation=path,
+                                          block_size=blocks)
+            return per_score, shared
+        return f
+
+    @jax.jit
+    def run(*args):
+        results = {}
+        for path in ("xla", impl):
+            out, vjp = jax.vjp(fn(path), *args)
+            results[path] = (out, vjp(jax.tree.map(jnp.cos, out)))
+        return results
+
+    results = run(q, k, v, bias, q_h, kv_h)
+    for got, want in zip(jax.tree.leaves(results[impl]), jax.tree.leaves(results["xla"]),
+                         strict=True):
+        np.testing.assert_allclose(got, want, **NN)
+
+
+def test_dropout_rate_zero_is_the_plain_call_and_keys_decide_the_pattern(rng):
+    q, k, v = _qkv(rng, lq=4, lk=6)
+    key = jax.random.key(0)
+    plain = attention(q, k, v, is_causal=True)
+    np.testing.assert_array_equal(attention(q, k, v, is_causal=True, dropout_rate=0.0,
+                                            dropout_rng=key), plain)
+    np.testing.assert_array_equal(attention(q, k, v, is_causal=True, dropout_rate=0), plain)
+
+    def dropped(key):
+        return attention(q, k, v, is_causal=True, dropout_rate=DROP, dropout_rng=key)
+
+    a, b, c = dropped(key), jax.jit(dropped)(key), dropped(jax.random.key(1))
+    np.testing.assert_allclose(a, b, rtol=F32_LOOSE, atol=F32_LOOSE)
+    assert not np.allclose(a, c)
+    keys = jax.random.split(key, 3)
+    np.testing.assert_allclose(jax.vmap(dropped)(keys), np.stack([dropped(x) for x in keys]),
+                               rtol=F32_LOOSE, atol=F32_LOOSE)
+    # Unbiased: the mean over many patterns is the output without dropout.
+    q1, k1, v1 = q[0, 0], k[0, 0], np.tanh(v[0, 0])
+    draws = jax.jit(jax.vmap(lambda key: attention(q1, k1, v1, dropout_rate=DROP,
+                                                   dropout_rng=key, broadcast_dropout=False)))
+    mean = draws(jax.random.split(key, DROPOUT_DRAWS)).mean(0)
+    np.testing.assert_allclose(mean, attention(q1, k1, v1), atol=DROPOUT_MEAN_ATOL)
+
+
+def test_dropout_gradients_check_grads(rng, x64):
+    q, k, v = _qkv(rng, b=1, h=2, lq=3, lk=4, d=2, dv=2, dtype=np.float64)
+    key = jax.random.key(3)
+    check_grads(jax.jit(lambda q, k, v: attention(q, k, v, is_causal=True, dropout_rate=DROP,
+                                                  dropout_rng=key, broadcast_dropout=False)),
+                (q, k, v), order=1, modes=("rev",), rtol=GRAD_RTOL)
+
+
 # --------------------------------------------------------------------------- implementations
 
 @pytest.mark.parametrize("backend", attention_module.BACKENDS)
@@ -397,6 +514,9 @@ def test_default_implementation_policy(backend, monkeypatch):
                     v=x.astype(jnp.bfloat16), scale=jnp.float32(0.5)), "scale as a Python number"),
     (lambda x: dict(q=x[:, :4].astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
                     v=x.astype(jnp.bfloat16), is_causal=True), "Lq == Lk only"),
+    (lambda x: dict(q=x.astype(jnp.bfloat16), k=x.astype(jnp.bfloat16),
+                    v=x.astype(jnp.bfloat16), dropout_rate=0.1),
+     "jax.nn.dot_product_attention has no attention dropout"),
 ])
 def test_cudnn_refusals_on_a_gpu(call, reason):
     x = jnp.zeros((2, 16, 2, 8))  # [B, L, H, d]
@@ -472,6 +592,7 @@ def test_default_falls_back_when_cudnn_refuses(rng, fake_cudnn, monkeypatch):
 # --------------------------------------------------------------------------- bad inputs
 
 Q, KV = jnp.ones((2, 3, 4)), jnp.ones((2, 5, 4))
+KEY = jax.random.key(0)
 # Why implementation='cudnn' refuses these float32 arrays on the backend in use.
 CUDNN_REFUSAL = ("cuDNN takes float16 or bfloat16 inputs, got float32"
                  if jax.default_backend() == "gpu" else "it needs an NVIDIA GPU")
@@ -543,6 +664,31 @@ BAD_INPUTS = [
      "H=6 must be a multiple of .* H_kv=4"),
     (lambda: attention_implementation(Q, KV, KV, implementation="cudnn"), ValueError,
      "cannot run this call"),
+    # dropout
+    (lambda: attention(Q, KV, KV, dropout_rate=1.0, dropout_rng=KEY), ValueError,
+     r"dropout_rate must be in \[0, 1\), got 1.0"),
+    (lambda: attention(Q, KV, KV, dropout_rate=-0.1, dropout_rng=KEY), ValueError,
+     r"dropout_rate must be in \[0, 1\), got -0.1"),
+    (lambda: attention(Q, KV, KV, dropout_rate=0.1), ValueError,
+     r"dropout_rate=0.1 needs dropout_rng, a PRNG key"),
+    (lambda: jax.jit(lambda p: attention(Q, KV, KV, dropout_rate=p, dropout_rng=KEY))(0.1),
+     TypeError, "dropout_rate must be a Python number"),
+    (lambda: attention(Q, KV, KV, dropout_rate="0.1", dropout_rng=KEY), TypeError,
+     "dropout_rate must be a Python number"),
+    (lambda: attention(Q, KV, KV, dropout_rate=0.1, dropout_rng=jnp.ones(3)), TypeError,
+     r"dropout_rng must be one PRNG key .* float32 and shape \(3,\)"),
+    (lambda: attention(Q, KV, KV, dropout_rate=0.1, dropout_rng=jax.random.split(KEY)),
+     TypeError, "dropout_rng must be one PRNG key"),
+    (lambda: attention(Q, KV, KV, dropout_rate=0.1, dropout_rng=KEY, broadcast_dropout=1),
+     TypeError, "broadcast_dropout must be a Python bool"),
+    (lambda: attention(Q, KV, KV, dropout_rate=0.1, dropout_rng=KEY, implementation="cudnn"),
+     ValueError, "'cudnn' cannot run this call: jax.nn.dot_product_attention has no "
+                 "attention dropout"),
+    (lambda: multi_head_attention(jnp.ones((1, 3, 2, 4)), jnp.ones((1, 5, 2, 4)),
+                                  jnp.ones((1, 5, 2, 4)), dropout_rate=0.5), ValueError,
+     "needs dropout_rng"),
+    (lambda: attention_implementation(Q, KV, KV, dropout_rate=1.5), ValueError,
+     r"dropout_rate must be in \[0, 1\)"),
 ]
 
 

@@ -192,6 +192,23 @@ def test_float64_values_and_gradients_match_torch(rng, x64):
         jax.jvp(lambda q: fn("blockwise", q, k, v, bias, mask), (q,), (q,))
 
 
+def test_dropout_equals_xla_in_float64(rng, x64):
+    """The keep pattern (one per score) multiplies P_j in the P V accumulation and dV, dP
+    in the backward pass, the normaliser undropped: equal to the xla path to float64
+    precision, across causal block skipping, key lengths and padded blocks."""
+    q, k, v = (_normal(rng, 2, 2, 13, 3, dtype=np.float64) for _ in range(3))
+    key_lengths = np.array([[9], [13]])
+    key = jax.random.key(4)
+
+    def fn(impl, q, k, v, key_lengths):
+        return attention(q, k, v, is_causal=True, key_lengths=key_lengths, dropout_rate=0.4,
+                         dropout_rng=key, broadcast_dropout=False, implementation=impl,
+                         block_size=(4, 3) if impl == "blockwise" else None)
+
+    _assert_agree(_value_and_grads(fn, (q, k, v), (key_lengths,)), rtol=F64_RTOL,
+                  atol=F64_ATOL)
+
+
 def test_bfloat16_inputs(rng):
     q, k, v = (_normal(rng, 2, 40, 16) for _ in range(3))
 

@@ -317,23 +317,26 @@ def test_pallas_supported(change, reason):
 @pytest.mark.parametrize("dtype,d,dv,options,forward_launch", [
     (jnp.bfloat16, 64, 64, {}, ("3", "4")),
     (jnp.float16, 128, 128, {"bias": (1, 3, 100, 70), "mask": (2, 1, 1, 70), "lengths": True,
-                             "is_causal": True}, ("3", "8")),
-    (jnp.float32, 256, 200, {"bias": (2, 1, 1, 70), "mask": (1, 3, 100, 1), "x64": True},
-     ("2", "8")),
+                             "is_causal": True, "dropout": (1, 1, 100, 70)}, ("3", "8")),
+    (jnp.float32, 256, 200, {"bias": (2, 1, 1, 70), "mask": (1, 3, 100, 1), "x64": True,
+                             "dropout": (2, 3, 100, 70)}, ("2", "8")),
 ])
 def test_kernels_lower_to_triton_for_cuda(dtype, d, dv, options, forward_launch):
     """Forward, dK/dV and dQ kernels lower for CUDA through Pallas's Triton backend (this
-    runs on a CPU: it builds the Triton IR, which the GPU compiler turns into PTX)."""
-    shapes = options.get("bias"), options.get("mask")
+    runs on a CPU: it builds the Triton IR, which the GPU compiler turns into PTX); with
+    a dropout keep pattern shared by batch and heads, and with one per score."""
+    shapes = options.get("bias"), options.get("mask"), options.get("dropout")
     q = jnp.zeros((2, 3, 100, d), dtype)
     k, v = jnp.zeros((2, 3, 70, d), dtype), jnp.zeros((2, 3, 70, dv), dtype)
     bias = None if shapes[0] is None else jnp.zeros(shapes[0], dtype)
     mask = None if shapes[1] is None else jnp.ones(shapes[1], bool)
+    dropout = None if shapes[2] is None else jnp.ones(shapes[2], bool)
     lengths = jnp.array([[3], [50]]) if options.get("lengths") else None
 
     def loss(q, k, v, bias):
         out = pa.pallas_attention(q, k, v, bias, mask, lengths, scale=0.1, interpret=False,
-                                  is_causal=options.get("is_causal", False))
+                                  is_causal=options.get("is_causal", False),
+                                  dropout_mask=dropout, dropout_rate=0.25)
         return out.astype(jnp.float32).sum()
 
     with jax.enable_x64(options.get("x64", False)):

@@ -9,6 +9,11 @@ Two layouts share one set of options:
   than query heads. It is the function a multi-head attention layer calls on its
   projected queries, keys and values.
 
+Attention dropout (``dropout_rate``, ``dropout_rng``, ``broadcast_dropout``) is an
+option of both, on every path but cuDNN's: the keep pattern is drawn once per call
+as flax draws it and read by whichever path runs, so the same key gives the same
+result on each.
+
 ``implementation`` picks the computation: ``'xla'`` materialises the scores,
 ``'blockwise'`` never does (:mod:`jaxmath.nn.blockwise_attention`, pure JAX),
 ``'cudnn'`` calls ``jax.nn.dot_product_attention``'s cuDNN kernel, ``'pallas'``
@@ -21,11 +26,11 @@ Which calls run where by default:
 * CPU: ``'blockwise'`` from :data:`CPU_BLOCKWISE_MIN_LENGTH` queries and keys on
   (or past the memory budget), else ``'xla'``.
 * NVIDIA GPU: ``'cudnn'`` for float16/bfloat16 inputs with a Python-number scale,
-  at most ``[B, H]`` leading axes, ``Lq == Lk`` if causal and key lengths per batch
-  element (it takes masks and biases; if the kernel still refuses the call when
-  traced -- head size, cuDNN version, GPU generation -- the next rule applies).
-  Else ``'pallas'`` (float32, bfloat16 or float16, head sizes up to 256, any mask,
-  bias, key lengths and causal alignment, a Python-number scale) from
+  at most ``[B, H]`` leading axes, ``Lq == Lk`` if causal, key lengths per batch
+  element and no dropout (it takes masks and biases; if the kernel still refuses
+  the call when traced -- head size, cuDNN version, GPU generation -- the next rule
+  applies). Else ``'pallas'`` (float32, bfloat16 or float16, head sizes up to 256,
+  any mask, bias, key lengths, causal alignment and dropout, a Python-number scale) from
   :data:`GPU_PALLAS_MIN_LENGTH` queries and keys on or past the memory budget; else
   ``'xla'``. Only a call that neither kernel takes and whose scores exceed
   :data:`XLA_MEMORY_BUDGET_BYTES` lands on ``'blockwise'``: a traced ``scale``, head
@@ -37,6 +42,7 @@ from __future__ import annotations
 
 import functools
 import math
+import numbers
 from typing import NamedTuple
 
 import jax
@@ -73,7 +79,11 @@ GPU_PALLAS_MIN_LENGTH = 512
 # --------------------------------------------------------------------------- checks
 
 class _Call(NamedTuple):
-    """The checked arrays of a call, before broadcasting, and the shape of its scores."""
+    """The checked arrays of a call, before broadcasting, and the shape of its scores.
+
+    ``dropout`` is the boolean keep pattern of attention dropout (True = kept), drawn
+    inside the compiled program; None before that and when dropout is off.
+    """
 
     q: jax.Array
     k: jax.Array
@@ -81,15 +91,20 @@ class _Call(NamedTuple):
     mask: jax.Array | None
     bias: jax.Array | None
     key_lengths: jax.Array | None
+    dropout: jax.Array | None
     scores_shape: tuple[int, ...]
 
 
-def _broadcast(shapes: dict[str, tuple[int, ...]], what: str) -> tuple[int, ...]:
-    """Broadcast shape of named shapes; ValueError naming them all if there is none."""
+def _broadcast(*named: tuple[tuple[int, ...], str], what: str) -> tuple[int, ...]:
+    """Broadcast shape of named shapes; ValueError naming them all if there is none.
+
+    ``_checks.broadcast_shapes`` with a subject (``what``) and shapes given as tuples
+    (parts of an array's shape, or the scores' shape, which no array holds yet).
+    """
     try:
-        return tuple(np.broadcast_shapes(*shapes.values()))
+        return tuple(np.broadcast_shapes(*(shape for shape, _ in named)))
     except ValueError:
-        listed = ", ".join(f"{n}={s}" for n, s in shapes.items())
+        listed = ", ".join(f"{name}={shape}" for shape, name in named)
         raise ValueError(f"{what} do not broadcast: {listed}") from None
 
 
@@ -120,17 +135,17 @@ def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
         if h_kv == 0 or h % h_kv:
             raise ValueError(f"the number of query heads H={h} must be a multiple of the "
                              f"number of key/value heads H_kv={h_kv} (axis -2 of q and k)")
-    lead = _broadcast({f"q.shape[:{seq}]": q.shape[:seq], f"k.shape[:{seq}]": k.shape[:seq],
-                       f"v.shape[:{seq}]": v.shape[:seq]},
-                      "the leading (batch) axes of q, k, v")
+    lead = _broadcast(*((x.shape[:seq], f"{name}.shape[:{seq}]") for x, name in
+                        ((q, "q"), (k, "k"), (v, "v"))),
+                      what="the leading (batch) axes of q, k, v")
     tail = (q.shape[-2],) if heads else ()
     scores = (*lead, *tail, q.shape[seq], k.shape[seq])
     what = "[..., H, Lq, Lk]" if heads else "[..., Lq, Lk]"
     for x, name in ((mask, "mask"), (bias, "bias")):
         if x is None:
             continue
-        full = _broadcast({"scores": scores, f"{name}.shape": tuple(x.shape)},
-                          f"the scores {what} and {name}")
+        full = _broadcast((scores, "scores"), (tuple(x.shape), f"{name}.shape"),
+                          what=f"the scores {what} and {name}")
         if full[len(full) - len(tail) - 2:] != scores[len(scores) - len(tail) - 2:]:
             raise ValueError(f"{name} must broadcast to the scores {what} = [..., "
                              f"{', '.join(map(str, scores[len(scores) - len(tail) - 2:]))}], "
@@ -138,8 +153,8 @@ def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
         scores = full
     if key_lengths is not None:
         batch = scores[:len(scores) - len(tail) - 2]
-        full = _broadcast({"batch": batch, "key_lengths.shape": tuple(key_lengths.shape)},
-                          "the batch axes [...] and key_lengths")
+        full = _broadcast((batch, "batch"), (tuple(key_lengths.shape), "key_lengths.shape"),
+                          what="the batch axes [...] and key_lengths")
         if len(full) > len(batch):
             raise ValueError(f"key_lengths must broadcast to the batch axes {batch}, got "
                              f"key_lengths.shape={tuple(key_lengths.shape)}")
@@ -157,10 +172,7 @@ def _check_options(q, k, v, mask, bias, key_lengths, is_causal, scale, implement
         _checks.check_choice(implementation, "implementation", (None, *IMPLEMENTATIONS))
     q, k, v = _checks.as_floats((q, "q"), (k, "k"), (v, "v"))
     if mask is not None:
-        mask = jnp.asarray(mask)
-        if mask.dtype != jnp.bool_:
-            raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}; "
-                            f"pass an additive float mask as bias")
+        mask = _checks.check_bool_mask(mask, "mask", "; pass an additive float mask as bias")
     if bias is not None:
         bias = _checks.as_float(bias, "bias")
     if key_lengths is not None:
@@ -176,6 +188,47 @@ def _check_options(q, k, v, mask, bias, key_lengths, is_causal, scale, implement
             raise ValueError(f"scale must be a scalar, got shape {tuple(scale.shape)}")
     return (q, k, v, mask, bias, key_lengths, bool(is_causal), scale,
             _blocks(block_size, implementation), precision)
+
+
+def check_dropout_rate(rate: object) -> float:
+    """``rate`` as a float in [0, 1); TypeError for a traced or non-numeric rate."""
+    if _checks.is_tracer(rate) or isinstance(rate, bool) or not isinstance(
+            rate, numbers.Real):
+        raise TypeError(f"dropout_rate must be a Python number (a static value: it decides "
+                        f"whether the call draws a keep pattern), got {type(rate).__name__}")
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"dropout_rate must be in [0, 1), got {rate}")
+    return float(rate)
+
+
+def _check_dropout(rate: object, rng: object, broadcast: object,
+                   need_rng: bool = True) -> tuple[float, bool] | None:
+    """``(rate, broadcast)`` of attention dropout, or None when the rate is 0 (the plain
+    call, whatever ``rng`` is)."""
+    rate = check_dropout_rate(rate)
+    if not isinstance(broadcast, bool | np.bool_):
+        raise TypeError(f"broadcast_dropout must be a Python bool, got "
+                        f"{type(broadcast).__name__}")
+    if rate == 0.0:
+        return None
+    if need_rng:
+        if rng is None:
+            raise ValueError(f"dropout_rate={rate} needs dropout_rng, a PRNG key "
+                             f"(jax.random.key(seed)) to draw the keep pattern from")
+        key = rng if isinstance(rng, jax.Array) else np.asarray(rng)
+        typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
+        if not (key.shape == () if typed else key.dtype == np.uint32 and key.ndim == 1):
+            raise TypeError(f"dropout_rng must be one PRNG key (jax.random.key(seed)), got "
+                            f"an array of dtype {key.dtype} and shape {tuple(key.shape)}")
+    return rate, bool(broadcast)
+
+
+def _dropout_shape(scores_shape: tuple[int, ...], broadcast: bool) -> tuple[int, ...]:
+    """The shape of the keep pattern: the scores' ``[..., Lq, Lk]``, or ``(1, ..., 1, Lq,
+    Lk)`` when it is shared by the batch and heads (flax's rule)."""
+    if not broadcast:
+        return scores_shape
+    return (1,) * (len(scores_shape) - 2) + scores_shape[-2:]
 
 
 def _blocks(block_size, implementation) -> tuple[int, int] | None:
@@ -197,12 +250,15 @@ def _blocks(block_size, implementation) -> tuple[int, int] | None:
 # --------------------------------------------------------------------------- choice of path
 
 def _cudnn_unsupported(call: _Call, is_causal: bool, scale, heads_layout: bool,
-                       backend: str) -> str | None:
+                       backend: str, dropout: tuple[float, bool] | None = None) -> str | None:
     """Why the cuDNN kernel cannot take this call on ``backend`` (None if it may).
 
     These are the documented conditions; the kernel may still refuse a call at
     trace time (head size, cuDNN version), which the default path catches.
     """
+    if dropout is not None:
+        return ("jax.nn.dot_product_attention has no attention dropout; the xla, "
+                "blockwise and Pallas paths have")
     if backend != "gpu":
         return f"it needs an NVIDIA GPU with cuDNN, and JAX's default backend is {backend!r}"
     if call.q.dtype not in (jnp.float16, jnp.bfloat16):
@@ -233,19 +289,21 @@ def _refused(implementation: str, reason: str | None) -> None:
 
 
 def _choose(call: _Call, is_causal: bool, scale, implementation: str | None,
-            heads_layout: bool, backend: str) -> tuple[str, str | None]:
+            heads_layout: bool, backend: str,
+            dropout: tuple[float, bool] | None) -> tuple[str, str | None]:
     """The path that runs a checked call, and the one to fall back on if cuDNN refuses.
 
     An explicit ``implementation`` is honoured (``'cudnn'`` and ``'pallas'`` raise
     ValueError with the reason when they cannot take the call; ``'pallas'`` off a GPU
     runs interpreted, slowly). ``None`` follows the rules of the module docstring:
-    cuDNN where :func:`_cudnn_unsupported` allows, falling back on what the call
-    would run without it: the Pallas kernel on a GPU for long calls or past the
-    memory budget, blockwise past the memory budget or on a CPU from
+    cuDNN where :func:`_cudnn_unsupported` allows (never with dropout), falling back
+    on what the call would run without it: the Pallas kernel on a GPU for long calls
+    or past the memory budget, blockwise past the memory budget or on a CPU from
     :data:`CPU_BLOCKWISE_MIN_LENGTH`, xla otherwise.
     """
     if implementation == "cudnn":
-        _refused("cudnn", _cudnn_unsupported(call, is_causal, scale, heads_layout, backend))
+        _refused("cudnn", _cudnn_unsupported(call, is_causal, scale, heads_layout, backend,
+                                             dropout))
         return "cudnn", None
     if implementation == "pallas":
         _refused("pallas", _pallas_unsupported(call, scale, "gpu"))
@@ -261,7 +319,7 @@ def _choose(call: _Call, is_causal: bool, scale, implementation: str | None,
         fallback = "pallas"
     elif over_budget or (backend == "cpu" and short >= CPU_BLOCKWISE_MIN_LENGTH):
         fallback = "blockwise"
-    if _cudnn_unsupported(call, is_causal, scale, heads_layout, backend) is None:
+    if _cudnn_unsupported(call, is_causal, scale, heads_layout, backend, dropout) is None:
         return "cudnn", fallback
     return fallback, None
 
@@ -288,12 +346,15 @@ def _keep_mask(mask: jax.Array | None, bias: jax.Array | None, key_lengths: jax.
     return keep
 
 
-def _attention_xla(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
+def _attention_xla(call: _Call, is_causal: bool, scale, blocks, precision,
+                   dropout_rate: float) -> jax.Array:
     """Reference path: materialise the scores, softmax in float32, weight the values.
 
-    (``blocks`` is unused: the signature is that of the other paths.)
+    Dropout multiplies the normalised weights by ``keep / (1 - rate)``, as
+    flax.linen.dot_product_attention does. (``blocks`` is unused: the signature is
+    that of the other paths.)
     """
-    q, k, v, mask, bias, key_lengths, scores_shape = call
+    q, k, v, mask, bias, key_lengths, dropout, scores_shape = call
     compute_dtype = jnp.promote_types(q.dtype, jnp.float32)
     logits = jnp.matmul(q, jnp.swapaxes(k, -1, -2), preferred_element_type=compute_dtype,
                         precision=precision)
@@ -302,32 +363,29 @@ def _attention_xla(call: _Call, is_causal: bool, scale, blocks, precision) -> ja
         logits = logits + bias.astype(compute_dtype)
     keep = _keep_mask(mask, bias, key_lengths, is_causal, q.shape[-2], k.shape[-2])
     probs = softmax(jnp.broadcast_to(logits, scores_shape), axis=-1, where=keep)
+    if dropout is not None:
+        probs = probs * (dropout.astype(compute_dtype)
+                         / jnp.asarray(1.0 - dropout_rate, compute_dtype))
     out = jnp.matmul(probs.astype(v.dtype), v, preferred_element_type=compute_dtype,
                      precision=precision)
     return jnp.broadcast_to(out, (*scores_shape[:-1], v.shape[-1])).astype(v.dtype)
 
 
-def _full_leading_axes(call: _Call) -> _Call:
-    """q, k, v broadcast to the scores' leading axes; mask and bias of the scores' rank.
-
-    The form the blockwise and Pallas kernels take (broadcast, not copied, where XLA can).
-    """
+def _attention_in_blocks(kernel, default_blocks: tuple, call: _Call, is_causal: bool, scale,
+                         blocks, precision, dropout_rate: float) -> jax.Array:
+    """The blockwise or Pallas kernel on a call: q, k, v broadcast to the scores' leading
+    axes (not copied, where XLA can), mask, bias and keep pattern of the scores' rank."""
     lead, rank = call.scores_shape[:-2], len(call.scores_shape)
 
     def full_rank(x):
         return None if x is None else x.reshape((1,) * (rank - x.ndim) + x.shape)
 
     q, k, v = (jnp.broadcast_to(x, (*lead, *x.shape[-2:])) for x in call[:3])
-    return call._replace(q=q, k=k, v=v, mask=full_rank(call.mask), bias=full_rank(call.bias))
-
-
-def _attention_blockwise(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
-    """Memory-efficient path in pure JAX (:mod:`jaxmath.nn.blockwise_attention`)."""
-    q, k, v, mask, bias, key_lengths, _ = _full_leading_axes(call)
-    block_q, block_k = blocks or (DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K)
-    return blockwise_attention(q, k, v, bias, mask, key_lengths, scale=scale,
-                               is_causal=is_causal, block_q=block_q, block_k=block_k,
-                               precision=precision)
+    block_q, block_k = blocks or default_blocks
+    return kernel(q, k, v, full_rank(call.bias), full_rank(call.mask), call.key_lengths,
+                  scale=scale, is_causal=is_causal, block_q=block_q, block_k=block_k,
+                  precision=precision, dropout_mask=full_rank(call.dropout),
+                  dropout_rate=dropout_rate)
 
 
 def _attention_cudnn(q_btnh, k_bsnh, v_bsnh, call: _Call, is_causal: bool,
@@ -361,26 +419,32 @@ def _attention_cudnn(q_btnh, k_bsnh, v_bsnh, call: _Call, is_causal: bool,
     return jnp.where(seen, out, 0).astype(out.dtype)
 
 
-def _attention_pallas(call: _Call, is_causal: bool, scale, blocks, precision) -> jax.Array:
-    """Flash attention in Pallas for NVIDIA GPUs (:mod:`jaxmath.nn.pallas_attention`)."""
-    q, k, v, mask, bias, key_lengths, _ = _full_leading_axes(call)
-    block_q, block_k = blocks or (None, None)
-    return pallas_attention(q, k, v, bias, mask, key_lengths, scale=scale,
-                            is_causal=is_causal, block_q=block_q, block_k=block_k,
-                            precision=precision)
-
-
-_PATHS = {"xla": _attention_xla, "blockwise": _attention_blockwise, "pallas": _attention_pallas}
+_PATHS = {
+    "xla": _attention_xla,
+    "blockwise": functools.partial(_attention_in_blocks, blockwise_attention,
+                                   (DEFAULT_BLOCK_Q, DEFAULT_BLOCK_K)),
+    "pallas": functools.partial(_attention_in_blocks, pallas_attention, (None, None)),
+}
 
 
 @functools.partial(jax.jit, static_argnames=("is_causal", "scale", "path", "fallback",
-                                             "blocks", "scores_shape", "heads", "precision"))
-def _attention(q, k, v, mask, bias, key_lengths, scale_array, *, is_causal, scale, path,
-               fallback, blocks, scores_shape, heads, precision):
-    """Checked arrays of either layout through the chosen path, compiled as one program."""
+                                             "blocks", "scores_shape", "heads", "precision",
+                                             "dropout"))
+def _attention(q, k, v, mask, bias, key_lengths, scale_array, dropout_rng, *, is_causal, scale,
+               path, fallback, blocks, scores_shape, heads, precision, dropout):
+    """Checked arrays of either layout through the chosen path, compiled as one program.
+
+    ``dropout`` is ``(rate, broadcast)`` or None; the keep pattern is drawn here from
+    ``dropout_rng``, as flax draws it: ``bernoulli(rng, 1 - rate, shape)``.
+    """
     scale = scale_array if scale is None else scale
-    call = _Call(q, k, v, mask, bias, key_lengths, scores_shape)
-    if path == "cudnn":
+    rate, keep = 0.0, None
+    if dropout is not None:
+        rate, broadcast = dropout
+        keep = jax.random.bernoulli(dropout_rng, 1.0 - rate,
+                                    _dropout_shape(scores_shape, broadcast))
+    call = _Call(q, k, v, mask, bias, key_lengths, keep, scores_shape)
+    if path == "cudnn":  # never with dropout: _cudnn_unsupported refuses it
         try:
             return (_cudnn_heads if heads else _cudnn_bhld)(call, is_causal, scale)
         except (ValueError, NotImplementedError, RuntimeError, TypeError):
@@ -389,8 +453,8 @@ def _attention(q, k, v, mask, bias, key_lengths, scale_array, *, is_causal, scal
             path = fallback
     run = _PATHS[path]
     if not heads:
-        return run(call, is_causal, scale, blocks, precision)
-    out = run(_to_groups(call), is_causal, scale, blocks, precision)  # [..., Hkv, G, L, dv]
+        return run(call, is_causal, scale, blocks, precision, rate)
+    out = run(_to_groups(call), is_causal, scale, blocks, precision, rate)  # [..., Hkv, G, L, dv]
     out = out.reshape(*out.shape[:-4], -1, *out.shape[-2:])
     return jnp.swapaxes(out, -2, -3)
 
@@ -434,7 +498,7 @@ def _to_groups(call: _Call) -> _Call:
     Query head ``h`` uses key/value head ``h // G`` (``G = H / H_kv``), as in
     PyTorch's ``enable_gqa`` and jax.nn.
     """
-    q, k, v, mask, bias, key_lengths, scores_shape = call
+    q, k, v, mask, bias, key_lengths, dropout, scores_shape = call
     h, h_kv = q.shape[-2], k.shape[-2]
     g = h // h_kv
 
@@ -451,32 +515,50 @@ def _to_groups(call: _Call) -> _Call:
 
     lengths = None if key_lengths is None else key_lengths[..., None, None]
     return _Call(heads_first(q, g), heads_first(k, 1), heads_first(v, 1), split(mask),
-                 split(bias), lengths, (*scores_shape[:-3], h_kv, g, *scores_shape[-2:]))
+                 split(bias), lengths, split(dropout),
+                 (*scores_shape[:-3], h_kv, g, *scores_shape[-2:]))
 
 
-def _prepare(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
-             precision, heads, backend=None):
-    """Check a call of either layout; return its arrays, options and (path, fallback)."""
+class _Checked(NamedTuple):
+    """A checked call of either layout, its options and the path chosen for it."""
+
+    call: _Call
+    is_causal: bool
+    scale: float | jax.Array
+    blocks: tuple[int, int] | None
+    precision: jax.lax.PrecisionLike
+    dropout: tuple[float, bool] | None
+    path: str
+    fallback: str | None
+
+
+def _check_and_choose(q, k, v, *, mask, bias, key_lengths, is_causal, scale, implementation,
+                      block_size, precision, dropout, heads, backend=None) -> _Checked:
+    """Check a call of either layout (``dropout``: checked by :func:`_check_dropout`) and
+    choose its path on ``backend`` (default: JAX's default backend)."""
     q, k, v, mask, bias, key_lengths, is_causal, scale, blocks, precision = _check_options(
         q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
         precision)
     scores_shape = _check_shapes(q, k, v, mask, bias, key_lengths, heads=heads)
     if scale is None:
         scale = 1.0 / math.sqrt(q.shape[-1])
-    call = _Call(q, k, v, mask, bias, key_lengths, scores_shape)
+    call = _Call(q, k, v, mask, bias, key_lengths, None, scores_shape)
     backend = jax.default_backend() if backend is None else backend
-    path = _choose(call, is_causal, scale, implementation, heads, backend)
-    return call, is_causal, scale, blocks, precision, path
+    path, fallback = _choose(call, is_causal, scale, implementation, heads, backend, dropout)
+    return _Checked(call, is_causal, scale, blocks, precision, dropout, path, fallback)
 
 
-def _run(*args, heads: bool) -> jax.Array:
+def _run(q, k, v, *, dropout_rate, dropout_rng, broadcast_dropout, heads, **options
+         ) -> jax.Array:
     """Check, choose the path and run the compiled program (both layouts)."""
-    call, is_causal, scale, blocks, precision, (path, fallback) = _prepare(*args, heads=heads)
-    static = isinstance(scale, float)
-    return _attention(*call[:-1], None if static else scale, is_causal=is_causal,
-                      scale=scale if static else None, path=path, fallback=fallback,
-                      blocks=blocks, scores_shape=call.scores_shape, heads=heads,
-                      precision=precision)
+    dropout = _check_dropout(dropout_rate, dropout_rng, broadcast_dropout)
+    c = _check_and_choose(q, k, v, dropout=dropout, heads=heads, **options)
+    static = isinstance(c.scale, float)
+    return _attention(*c.call[:6], None if static else c.scale,
+                      None if dropout is None else dropout_rng, is_causal=c.is_causal,
+                      scale=c.scale if static else None, path=c.path, fallback=c.fallback,
+                      blocks=c.blocks, scores_shape=c.call.scores_shape, heads=heads,
+                      precision=c.precision, dropout=dropout)
 
 
 # --------------------------------------------------------------------------- public functions
@@ -484,7 +566,8 @@ def _run(*args, heads: bool) -> jax.Array:
 def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None = None,
               bias: ArrayLike | None = None, is_causal: bool = False,
               scale: float | ArrayLike | None = None, *, key_lengths: ArrayLike | None = None,
-              implementation: str | None = None,
+              dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+              broadcast_dropout: bool = True, implementation: str | None = None,
               block_size: int | tuple[int, int] | None = None,
               precision: jax.lax.PrecisionLike = None) -> jax.Array:
     r"""Scaled dot-product attention on ``[..., L, d]`` arrays.
@@ -495,7 +578,13 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
     with the softmax over keys restricted to the pairs allowed by ``mask``,
     ``key_lengths`` and ``is_causal``. Scores and softmax are computed in float32
     (float64 for float64 input), also for bfloat16/float16 inputs; the output has
-    the input dtype.
+    the input dtype. With attention dropout at rate :math:`p` the weights are
+    dropped after normalisation (the softmax's normaliser counts every key):
+
+    .. math:: O = \Big(\frac{M}{1 - p} \odot \mathrm{softmax}\big(s\, Q K^T + B\big)
+       \Big) V, \qquad M_{ij} \sim \mathrm{Bernoulli}(1 - p),
+
+    the keep pattern :math:`M` drawn as flax.linen.dot_product_attention draws it.
 
     Args:
       q: ``[..., Lq, d]`` queries.
@@ -520,20 +609,33 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
         ``[...]`` (``[B, 1]`` for ``[B, H, L, d]`` inputs): keys ``j >=
         key_lengths`` are masked out (key padding). 0 masks every key; values
         above ``Lk`` mask none.
+      dropout_rate: probability :math:`p \in [0, 1)` of dropping an attention
+        weight, a Python number. 0 (default) is the call without dropout, whatever
+        ``dropout_rng`` is.
+      dropout_rng: the PRNG key (``jax.random.key(seed)``) of the keep pattern,
+        required when ``dropout_rate > 0``. The pattern is
+        ``jax.random.bernoulli(dropout_rng, 1 - p, shape)`` with the shape of the
+        scores ``[..., Lq, Lk]``, as in ``flax.linen.dot_product_attention``: the same
+        key gives the same pattern on every path and in flax.
+      broadcast_dropout: draw one ``[Lq, Lk]`` pattern, shape ``(1, ..., 1, Lq, Lk)``,
+        shared by the batch and heads (default, flax's), instead of one per score.
+        The pattern is a boolean array the paths read (blockwise and Pallas block by
+        block, the broadcast axes never copied): ``Lq·Lk`` bytes when broadcast, one
+        byte per score otherwise, on top of the path's own memory.
       implementation: ``'xla'`` materialises the ``[..., Lq, Lk]`` scores (memory
         O(Lq·Lk)); ``'blockwise'`` computes the same result by an online softmax over
         key blocks with memory O((Lq + Lk)·d) in the forward and backward passes
         (:mod:`jaxmath.nn.blockwise_attention`); ``'cudnn'`` is
         ``jax.nn.dot_product_attention(implementation='cudnn')``, which needs an
         NVIDIA GPU, float16/bfloat16 inputs, a Python-number ``scale``, at most
-        ``[B, H]`` leading axes and ``Lq == Lk`` if causal, and raises ValueError
-        otherwise; ``'pallas'`` is the same online softmax as blockwise in Pallas
+        ``[B, H]`` leading axes, ``Lq == Lk`` if causal and no dropout, and raises
+        ValueError otherwise; ``'pallas'`` is the same online softmax as blockwise in Pallas
         kernels for NVIDIA GPUs (:mod:`jaxmath.nn.pallas_attention`: float32,
         bfloat16 or float16, head sizes up to 256, a Python-number ``scale``;
         elsewhere than on a GPU it runs interpreted, slowly). ``None`` (default)
         picks the fastest path that takes the call, by the rules of the module
         docstring (:func:`attention_implementation` tells which): on an NVIDIA GPU
-        cuDNN, else Pallas for long calls; on a CPU blockwise from
+        cuDNN (not with dropout), else Pallas for long calls; on a CPU blockwise from
         :data:`CPU_BLOCKWISE_MIN_LENGTH` (1024) queries and keys; blockwise
         wherever the float32 scores would exceed :data:`XLA_MEMORY_BUDGET_BYTES`
         (1 GiB) and no kernel takes the call; else xla.
@@ -557,19 +659,22 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
       over ``-inf``) and not the uniform average of the values that
       ``jax.nn.dot_product_attention`` returns (it masks with a large negative
       number) -- and its gradients with respect to every input are zero. Elsewhere
-      gradients are those of the formula above, with respect to ``q``, ``k``, ``v``,
-      ``bias`` and a traced ``scale``. The blockwise and Pallas paths (the
-      defaults on a CPU from 1024 queries and keys and on a GPU from 512) define
-      reverse mode only (``jax.grad``, ``jax.vjp``): for ``jax.jvp`` pass
-      ``implementation='xla'``.
+      gradients are those of the formula above (with dropout: for the drawn keep
+      pattern), with respect to ``q``, ``k``, ``v``, ``bias`` and a traced ``scale``.
+      The blockwise and Pallas paths (the defaults on a CPU from 1024 queries and
+      keys and on a GPU from 512) define reverse mode only (``jax.grad``,
+      ``jax.vjp``): for ``jax.jvp`` pass ``implementation='xla'``.
 
     Raises:
       ValueError: rank < 2, different ``d`` in ``q`` and ``k``, different ``Lk`` in
         ``k`` and ``v``, ``d = 0`` or ``Lk = 0``, leading axes, mask, bias or
         key_lengths that do not broadcast, a non-scalar ``scale``, an unknown
-        ``implementation``, ``'cudnn'`` where it cannot run, a bad ``block_size``.
+        ``implementation``, ``'cudnn'`` where it cannot run (on dropout among other
+        reasons), a bad ``block_size``, ``dropout_rate`` outside [0, 1) or above 0
+        without ``dropout_rng``.
       TypeError: a non-boolean ``mask``, non-integer ``key_lengths``, non-bool
-        ``is_causal``, complex input.
+        ``is_causal``, complex input, a traced ``dropout_rate``, a ``dropout_rng`` that
+        is not one PRNG key.
 
     Example:
       >>> q = jnp.array([[1.0, 0.0], [0.0, 1.0]])
@@ -587,15 +692,23 @@ def attention(q: ArrayLike, k: ArrayLike, v: ArrayLike, mask: ArrayLike | None =
       >>> attention(q, k, v, key_lengths=1, implementation="blockwise")  # key 0 only
       Array([[0., 1.],
              [0., 1.]], dtype=float32)
+      >>> # keep pattern [[1, 0], [1, 1]]: query 0 keeps key 0; kept weights doubled
+      >>> attention(q, k, v, dropout_rate=0.5, dropout_rng=jax.random.key(1))
+      Array([[0.       , 1.       ],
+             [0.6604769, 1.3395231]], dtype=float32)
     """
-    return _run(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
-                precision, heads=False)
+    return _run(q, k, v, mask=mask, bias=bias, key_lengths=key_lengths, is_causal=is_causal,
+                scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                broadcast_dropout=broadcast_dropout, implementation=implementation,
+                block_size=block_size, precision=precision, heads=False)
 
 
 def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                          mask: ArrayLike | None = None, bias: ArrayLike | None = None,
                          is_causal: bool = False, scale: float | ArrayLike | None = None, *,
-                         key_lengths: ArrayLike | None = None, implementation: str | None = None,
+                         key_lengths: ArrayLike | None = None, dropout_rate: float = 0.0,
+                         dropout_rng: jax.Array | None = None, broadcast_dropout: bool = True,
+                         implementation: str | None = None,
                          block_size: int | tuple[int, int] | None = None,
                          precision: jax.lax.PrecisionLike = None) -> jax.Array:
     r"""Multi-head attention on ``[..., L, H, d]`` arrays, with grouped-query attention.
@@ -623,6 +736,11 @@ def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
       scale: multiplier of :math:`QK^T`; default :math:`1/\sqrt{d}`.
       key_lengths: optional integers broadcastable to the batch axes ``[...]``
         (e.g. ``[B]``): keys ``j >= key_lengths`` are masked out in every head.
+      dropout_rate, dropout_rng, broadcast_dropout: attention dropout, as in
+        :func:`attention`, on the weights ``[..., H, Lq, Lk]``: the pattern has that
+        shape, or ``(1, ..., 1, Lq, Lk)`` shared by batch and heads when broadcast --
+        flax.linen.MultiHeadDotProductAttention's, so that the same key drops the
+        same weights.
       implementation: ``None``, ``'xla'``, ``'blockwise'``, ``'cudnn'`` or
         ``'pallas'``, as in :func:`attention` (cuDNN takes at most one batch axis
         here and runs on this layout without transposes; xla, blockwise and Pallas
@@ -650,20 +768,23 @@ def multi_head_attention(q: ArrayLike, k: ArrayLike, v: ArrayLike,
       >>> print(out[0, 0, :, 0])  # query 0 sees key 0: heads 0, 1 use K/V head 0
       [0.         0.         0.16666667 0.16666667]
     """
-    return _run(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, block_size,
-                precision, heads=True)
+    return _run(q, k, v, mask=mask, bias=bias, key_lengths=key_lengths, is_causal=is_causal,
+                scale=scale, dropout_rate=dropout_rate, dropout_rng=dropout_rng,
+                broadcast_dropout=broadcast_dropout, implementation=implementation,
+                block_size=block_size, precision=precision, heads=True)
 
 
 def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
                              mask: ArrayLike | None = None, bias: ArrayLike | None = None,
                              is_causal: bool = False, scale: float | ArrayLike | None = None, *,
-                             key_lengths: ArrayLike | None = None,
+                             key_lengths: ArrayLike | None = None, dropout_rate: float = 0.0,
                              implementation: str | None = None,
                              multi_head: bool = False, backend: str | None = None) -> str:
     r"""The path, ``'xla'``, ``'blockwise'``, ``'cudnn'`` or ``'pallas'``, that a call runs.
 
     Takes the arguments of :func:`attention` (or of :func:`multi_head_attention`
-    with ``multi_head=True``), checks them the same way and returns the path chosen
+    with ``multi_head=True``; of dropout only the rate, which keeps a call off
+    cuDNN), checks them the same way and returns the path chosen
     for them on ``backend`` (``'cpu'``, ``'gpu'`` or ``'tpu'``; default: JAX's
     default backend), by the rules of the module docstring. By default:
     ``'cudnn'`` where it can run (an NVIDIA GPU); else, on a GPU, ``'pallas'`` if
@@ -695,5 +816,8 @@ def attention_implementation(q: ArrayLike, k: ArrayLike, v: ArrayLike,
     """
     if backend is not None:
         _checks.check_choice(backend, "backend", BACKENDS)
-    return _prepare(q, k, v, mask, bias, key_lengths, is_causal, scale, implementation, None,
-                    None, multi_head, backend)[-1][0]
+    return _check_and_choose(
+        q, k, v, mask=mask, bias=bias, key_lengths=key_lengths, is_causal=is_causal,
+        scale=scale, implementation=implementation, block_size=None, precision=None,
+        dropout=_check_dropout(dropout_rate, None, True, need_rng=False), heads=multi_head,
+        backend=backend).path

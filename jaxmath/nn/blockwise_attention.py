@@ -25,6 +25,11 @@ Masked pairs get :math:`S = -\infty` (so :math:`P = 0`); :math:`m` starts at the
 most negative finite number, so a row with no attended key ends with
 :math:`\ell = 0` and gets zeros, never NaN.
 
+Attention dropout with a keep pattern :math:`M` and rate :math:`p` multiplies the
+weights after normalisation by :math:`Z = M / (1 - p)`: the accumulation becomes
+:math:`o_j = e^{m_{j-1} - m_j}\, o_{j-1} + (Z_{ij} \odot P_j) V_j` while
+:math:`\ell` still sums the undropped :math:`P_j` (the normaliser counts every key).
+
 The backward pass is a ``jax.custom_vjp`` in the style of FlashAttention-2: it
 saves only :math:`Q, K, V, B`, the output and :math:`L` (O(L·d) memory) and
 recomputes each block of probabilities :math:`P = e^{S - L}` from them. For each
@@ -32,13 +37,18 @@ key block it loops over the query blocks that see it, accumulating
 :math:`dV_j \mathrel{+}= P^T dO_i`, :math:`dS = P \odot (dO_i V_j^T - \delta_i)`
 with :math:`\delta = \mathrm{rowsum}(dO \odot O)`, :math:`dK_j \mathrel{+}= s\, dS^T Q_i`,
 :math:`dQ_i \mathrel{+}= s\, dS K_j` and :math:`dB_{ij} = dS`. The gradient with
-respect to a (traced) scale is :math:`\sum dS \odot Q K^T`.
+respect to a (traced) scale is :math:`\sum dS \odot Q K^T`. With dropout,
+:math:`dV_j \mathrel{+}= (Z \odot P)^T dO_i` and
+:math:`dS = P \odot (Z \odot dO_i V_j^T - \delta_i)`; :math:`\delta` is unchanged,
+since :math:`\mathrm{rowsum}(P \odot Z \odot dO\, V^T) = \mathrm{rowsum}(dO \odot O)`
+for the dropped output :math:`O`.
 
 Memory: forward and backward hold O((Lq + Lk)·d) per batch and head plus one
 ``[block_q, block_k]`` block of scores, against the O(Lq·Lk) of the scores
 materialised by ``implementation='xla'``. A ``bias`` is an input the caller
 already holds; its gradient has the size of the bias as passed (before
-broadcasting), so a ``[Lq, Lk]`` bias costs O(Lq·Lk) in the backward pass.
+broadcasting), so a ``[Lq, Lk]`` bias costs O(Lq·Lk) in the backward pass. So is a
+dropout keep pattern (boolean, read block by block, size-1 axes never copied).
 
 Work skipped: with ``is_causal`` a query block visits only the key blocks at or
 before its last row (about half of them), and with ``key_lengths`` no block lies
@@ -108,17 +118,19 @@ def _add_block(acc: jax.Array, blk: jax.Array, i0: jax.Array, j0: jax.Array) -> 
 
 
 class _Config:
-    """Static description of one call: block sizes, lengths, causal flag, dtypes, precision."""
+    """Static description of one call: block sizes, lengths, causal flag, dtypes, precision
+    and the dropout rate."""
 
     def __init__(self, lq: int, lk: int, bq: int, bk: int, is_causal: bool, prescale: bool,
-                 precision: lax.PrecisionLike = None):
+                 precision: lax.PrecisionLike = None, dropout_rate: float = 0.0):
         self.lq, self.lk, self.bq, self.bk = lq, lk, bq, bk
         self.is_causal, self.prescale, self.precision = is_causal, prescale, precision
+        self.dropout_rate = dropout_rate
         self.nq, self.nk = -(-lq // bq), -(-lk // bk)
 
     def _key(self):
         return (self.lq, self.lk, self.bq, self.bk, self.is_causal, self.prescale,
-                self.precision)
+                self.precision, self.dropout_rate)
 
     def dot(self, spec: str, a: jax.Array, b: jax.Array, dtype) -> jax.Array:
         """``jnp.einsum(spec, a, b)`` accumulated in ``dtype`` at the call's precision."""
@@ -180,6 +192,17 @@ def _keep_t(cfg: _Config, i: jax.Array, j: jax.Array, mask: jax.Array | None,
     return keep
 
 
+def _dropout(cfg: _Config, i: jax.Array, j: jax.Array, dropout: jax.Array | None, dtype,
+             keys_first: bool = False) -> jax.Array | None:
+    """The dropout multiplier ``Z = M / (1 - p)`` of block (i, j), ``[..., bq, bk]`` (or
+    keys by queries), or None without dropout."""
+    if dropout is None:
+        return None
+    blk = _block(_block(dropout, i * cfg.bq, cfg.bq, -2), j * cfg.bk, cfg.bk, -1)
+    blk = jnp.swapaxes(blk, -1, -2) if keys_first else blk
+    return blk.astype(dtype) / jnp.asarray(1.0 - cfg.dropout_rate, dtype)
+
+
 def _scores_t(cfg: _Config, q_i, k_j, bias, scale, i, j, compute_dtype) -> jax.Array:
     """Scores of block (i, j) as ``[..., bk, bq]`` (keys by queries): ``s k_j q_i^T + b^T``.
 
@@ -210,7 +233,7 @@ def _prescaled(cfg: _Config, q: jax.Array, scale: jax.Array) -> jax.Array:
     return (q * scale).astype(q.dtype) if cfg.prescale else q
 
 
-def _forward(cfg: _Config, q, k, v, bias, mask, key_lengths, scale):
+def _forward(cfg: _Config, q, k, v, bias, mask, key_lengths, dropout, scale):
     """Output ``[..., Lq_pad, dv]`` and log-sum-exp ``[..., Lq_pad]`` (+inf on empty rows).
 
     Blocks are processed as queries by keys: the products ``Q K^T`` and ``P V`` are
@@ -235,6 +258,9 @@ def _forward(cfg: _Config, q, k, v, bias, mask, key_lengths, scale):
             alpha = jnp.exp(m - m_new)
             p = jnp.exp(s - m_new[..., None])
             l = alpha * l + jnp.sum(p, axis=-1)
+            z = _dropout(cfg, i, j, dropout, compute_dtype)
+            if z is not None:
+                p = p * z
             pv = cfg.dot("...qk,...kd->...qd", p.astype(v.dtype),
                          _block(v, j * cfg.bk, cfg.bk, -2), compute_dtype)
             return alpha[..., None] * o + pv, m_new, l
@@ -255,13 +281,13 @@ def _forward(cfg: _Config, q, k, v, bias, mask, key_lengths, scale):
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _flash(cfg, q, k, v, bias, mask, key_lengths, scale):
-    return _forward(cfg, q, k, v, bias, mask, key_lengths, scale)[0]
+def _flash(cfg, q, k, v, bias, mask, key_lengths, dropout, scale):
+    return _forward(cfg, q, k, v, bias, mask, key_lengths, dropout, scale)[0]
 
 
-def _flash_fwd(cfg, q, k, v, bias, mask, key_lengths, scale):
-    o, lse = _forward(cfg, q, k, v, bias, mask, key_lengths, scale)
-    return o, (q, k, v, bias, mask, key_lengths, scale, o, lse)
+def _flash_fwd(cfg, q, k, v, bias, mask, key_lengths, dropout, scale):
+    o, lse = _forward(cfg, q, k, v, bias, mask, key_lengths, dropout, scale)
+    return o, (q, k, v, bias, mask, key_lengths, dropout, scale, o, lse)
 
 
 def _flash_bwd(cfg, res, do):
@@ -271,7 +297,7 @@ def _flash_bwd(cfg, res, do):
     operand (``P^T dO``, ``dS^T Q``, ``V dO^T``, ``K^T dS^T``), the fast case of
     XLA:CPU's matrix kernels; ``dQ`` is accumulated transposed, ``[..., d, Lq]``.
     """
-    q, k, v, bias, mask, key_lengths, scale, o, lse = res
+    q, k, v, bias, mask, key_lengths, dropout, scale, o, lse = res
     compute_dtype = jnp.promote_types(q.dtype, jnp.float32)
     kv_end = _kv_end(cfg, key_lengths)
     qs = _prescaled(cfg, q, scale)
@@ -292,9 +318,13 @@ def _flash_bwd(cfg, res, do):
             keep = _keep_t(cfg, i, j, mask, key_lengths)
             if keep is not None:
                 p_t = jnp.where(keep, p_t, 0)
-            dv_j = dv_j + cfg.dot("...kq,...qd->...kd", p_t.astype(do.dtype), do_i,
+            z_t = _dropout(cfg, i, j, dropout, compute_dtype, keys_first=True)
+            dv_j = dv_j + cfg.dot("...kq,...qd->...kd",
+                                  (p_t if z_t is None else p_t * z_t).astype(do.dtype), do_i,
                                   compute_dtype)
             dp_t = cfg.dot("...kd,...qd->...kq", v_j, do_i, compute_dtype)
+            if z_t is not None:
+                dp_t = dp_t * z_t
             ds_t = p_t * (dp_t - _block(delta, i * cfg.bq, cfg.bq, -1)[..., None, :])
             dk_j = dk_j + cfg.dot("...kq,...qd->...kd", ds_t.astype(q.dtype), q_i,
                                   compute_dtype)
@@ -326,7 +356,7 @@ def _flash_bwd(cfg, res, do):
         dk = dk * scale
     return ((dq_raw * scale).astype(q.dtype), dk.astype(k.dtype), dv.astype(v.dtype),
             None if bias is None else jnp.swapaxes(dbias_t, -1, -2).astype(bias.dtype),
-            None, None, dscale)
+            None, None, None, dscale)
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -336,7 +366,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
                         mask: jax.Array | None = None, key_lengths: jax.Array | None = None, *,
                         scale: float | jax.Array, is_causal: bool = False,
                         block_q: int = DEFAULT_BLOCK_Q, block_k: int = DEFAULT_BLOCK_K,
-                        precision: lax.PrecisionLike = None) -> jax.Array:
+                        precision: lax.PrecisionLike = None,
+                        dropout_mask: jax.Array | None = None,
+                        dropout_rate: float = 0.0) -> jax.Array:
     r"""Attention by the online-softmax recurrence of the module docstring.
 
     The kernel of ``attention(..., implementation='blockwise')``, which checks and
@@ -350,6 +382,9 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
     :func:`block_sizes`). ``is_causal``: query ``i`` attends to keys ``j <= i``.
     ``precision``: of every block's matrix products, forward and backward
     (None: JAX's default; ``"highest"``: float32 on every backend).
+    ``dropout_mask``: attention dropout's keep pattern (bool, True = kept) of rank
+    ``q.ndim``, broadcastable to ``[..., Lq, Lk]`` with the full ``Lq, Lk`` axes; the
+    kept weights are multiplied by ``1 / (1 - dropout_rate)`` (a Python float).
 
     Returns:
       ``[..., Lq, dv]`` in ``v``'s dtype; zeros (and zero gradients) for a query
@@ -367,14 +402,16 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Arra
     lq, lk = q.shape[-2], k.shape[-2]
     bq, bk = block_sizes(lq, lk, block_q, block_k)
     prescale = jnp.dtype(q.dtype).itemsize >= 4
-    cfg = _Config(lq, lk, bq, bk, bool(is_causal), prescale, precision)
+    cfg = _Config(lq, lk, bq, bk, bool(is_causal), prescale, precision,
+                  float(dropout_rate) if dropout_mask is not None else 0.0)
     lq_pad, lk_pad = cfg.nq * bq, cfg.nk * bk
     q = _pad_axis(q, -2, lq_pad)
     k, v = _pad_axis(k, -2, lk_pad), _pad_axis(v, -2, lk_pad)
     bias = _pad_axis(_pad_axis(bias, -2, lq_pad), -1, lk_pad)
     mask = _pad_axis(_pad_axis(mask, -2, lq_pad, False), -1, lk_pad, False)
+    dropout = _pad_axis(_pad_axis(dropout_mask, -2, lq_pad, False), -1, lk_pad, False)
     scale = jnp.asarray(scale, jnp.promote_types(q.dtype, jnp.float32))
-    out = _flash(cfg, q, k, v, bias, mask, key_lengths, scale)
+    out = _flash(cfg, q, k, v, bias, mask, key_lengths, dropout, scale)
     return out[..., :lq, :]
 
 

@@ -24,7 +24,10 @@ the GPU's native exponential), with :math:`c = \log_2 e`:
 then :math:`O_i = o / \ell` and the log-sum-exp :math:`L_i = m + \log_2 \ell`.
 Pairs that are not attended get :math:`S = -\infty`; :math:`m` starts at the most
 negative finite float32, so a row that attends to no key ends with
-:math:`\ell = 0` and gets zeros (and :math:`L = +\infty`), never NaN.
+:math:`\ell = 0` and gets zeros (and :math:`L = +\infty`), never NaN. Attention
+dropout (keep pattern :math:`M`, rate :math:`p`) multiplies the normalised weights
+by :math:`Z = M / (1 - p)`: :math:`o_j` accumulates :math:`(Z_{ij} \odot P_j) V_j`
+while :math:`\ell` sums the undropped :math:`P_j`.
 
 The backward pass (a ``jax.custom_vjp``) recomputes :math:`P = 2^{S - L}` block by
 block from the saved :math:`L` instead of storing it. With
@@ -33,7 +36,9 @@ block from the saved :math:`L` instead of storing it. With
 over query blocks for :math:`dV_j = \sum_i P_{ij}^T dO_i` and
 :math:`dK_j = s \sum_i dS_{ij}^T Q_i`; a second holds a query block and loops over
 key blocks for :math:`dQ_i = s \sum_j dS_{ij} K_j`. The bias gradient is
-:math:`dB = dS` summed over the axes where the bias broadcasts.
+:math:`dB = dS` summed over the axes where the bias broadcasts. With dropout,
+:math:`dV_j = \sum_i (Z_{ij} \odot P_{ij})^T dO_i` and
+:math:`dS = P \odot (Z \odot dO\, V^T - \delta)`, with the same :math:`\delta`.
 
 Work skipped: key blocks entirely above the causal diagonal or past the key length
 of the batch element, and their mirror images in the backward pass; the position
@@ -43,8 +48,8 @@ sizes to a power of two of at least 16 (what ``tl.dot`` needs), and the padding 
 masked.
 
 Memory: O((Lq + Lk)·d) per batch element and head in the forward and backward
-passes, plus the inputs. A mask or bias is read through block index maps, so its
-broadcast axes are never materialised. The bias gradient is the exception: it
+passes, plus the inputs. A mask, bias or dropout keep pattern is read through block
+index maps, so its broadcast axes are never materialised. The bias gradient is the exception: it
 holds the float32 gradient per batch element before the sum over broadcast batch
 axes, ``B·Lq·Lk·4`` bytes for a ``[Lq, Lk]`` bias (``B`` = the product of the
 leading axes), ``B·Lk·4`` for ``[1, Lk]`` and ``B·Lq·4`` for ``[Lq, 1]``.
@@ -169,6 +174,7 @@ class _Plan:
     fwd: _Tiles
     dkv: _Tiles
     dq: _Tiles
+    dropout_rate: float = 0.0
 
     @property
     def lq_pad(self) -> int:
@@ -191,7 +197,8 @@ class _Plan:
                                                  num_stages=tiles.num_stages))
 
 
-def _make_plan(q, k, v, scale, is_causal, block_q, block_k, precision, interpret) -> _Plan:
+def _make_plan(q, k, v, scale, is_causal, block_q, block_k, precision, interpret,
+               dropout_rate) -> _Plan:
     lq, lk = q.shape[-2], k.shape[-2]
     d = max(_padded_head(q.shape[-1]), _padded_head(v.shape[-1]))
     tiles = _default_tiles(jnp.dtype(q.dtype).itemsize, d)
@@ -200,7 +207,7 @@ def _make_plan(q, k, v, scale, is_causal, block_q, block_k, precision, interpret
     if interpret is None:
         interpret = jax.default_backend() != "gpu"
     return _Plan(tuple(q.shape[:-2]), lq, lk, float(scale), bool(is_causal), precision,
-                 bool(interpret), *tiles)
+                 bool(interpret), *tiles, float(dropout_rate))
 
 
 # --------------------------------------------------------------------------- block helpers
@@ -290,6 +297,17 @@ def _logits(plan: _Plan, q, k, bias_ref, mask_ref, r0, c0, limit, masked: bool,
     return s if keep is None else jnp.where(keep, s, -jnp.inf)
 
 
+def _dropout(plan: _Plan, drop_ref, r0, nr: int, c0, nc: int, keys_first: bool = False):
+    """The float32 dropout multiplier ``M / (1 - p)`` of the block at rows ``r0``, keys
+    ``c0`` (``[queries, keys]``, or ``[keys, queries]`` if ``keys_first``); None without
+    dropout."""
+    if drop_ref is None:
+        return None
+    t = _tile(drop_ref, r0, nr, c0, nc)
+    t = t.T if keys_first else t
+    return t.astype(jnp.float32) * (1.0 / (1.0 - plan.dropout_rate))
+
+
 def _key_spans(plan: _Plan, t: _Tiles, i, limit):
     """``(j_mid, j_end)``: query block ``i`` sees key blocks ``[0, j_end)``, of which
     ``[0, j_mid)`` lie wholly inside the position masks (no masking needed)."""
@@ -318,8 +336,8 @@ def _query_spans(plan: _Plan, t: _Tiles, j, limit):
 
 # --------------------------------------------------------------------------- kernels
 
-def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, o_ref, lse_ref, *,
-                    plan: _Plan):
+def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, drop_ref, o_ref, lse_ref,
+                    *, plan: _Plan):
     t = plan.fwd
     i, b = pl.program_id(0), pl.program_id(1)
     limit = _key_limit(plan, len_ref, b)
@@ -334,9 +352,11 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, o_ref, lse
             m_new = jnp.maximum(m, jnp.max(s, axis=-1))
             alpha = jnp.exp2(m - m_new)
             p = jnp.exp2(s - m_new[:, None])
+            l = alpha * l + jnp.sum(p, axis=-1)
+            z = _dropout(plan, drop_ref, i * t.block_q, t.block_q, j * t.block_k, t.block_k)
             v = v_ref[keys, :]
-            o = alpha[:, None] * o + plan.dot(p.astype(v.dtype), v)
-            return o, m_new, alpha * l + jnp.sum(p, axis=-1)
+            o = alpha[:, None] * o + plan.dot((p if z is None else p * z).astype(v.dtype), v)
+            return o, m_new, l
         return body
 
     j_mid, j_end = _key_spans(plan, t, i, limit)
@@ -350,8 +370,8 @@ def _forward_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, o_ref, lse
     lse_ref[...] = jnp.where(empty, jnp.inf, m + jnp.log2(l))
 
 
-def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, do_ref, lse_ref, delta_ref,
-                dk_ref, dv_ref, dbias_ref, *, plan: _Plan):
+def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, drop_ref, do_ref, lse_ref,
+                delta_ref, dk_ref, dv_ref, dbias_ref, *, plan: _Plan):
     """dK, dV (and dB summed over queries for a ``[..., 1, Lk]`` bias) of key block ``j``."""
     t = plan.dkv
     j, b = pl.program_id(0), pl.program_id(1)
@@ -366,8 +386,15 @@ def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, do_ref, lse_re
             s_t = _logits(plan, q, k, bias_ref, mask_ref, i * t.block_q, j * t.block_k,
                           limit, masked, keys_first=True)
             p_t = jnp.exp2(s_t - lse_ref[rows][None, :])
-            dv = dv + plan.dot(p_t.astype(do.dtype), do)
-            ds_t = p_t * (plan.dot(v, do, trans_b=True) - delta_ref[rows][None, :])
+            dp_t = plan.dot(v, do, trans_b=True)
+            z_t = _dropout(plan, drop_ref, i * t.block_q, t.block_q, j * t.block_k, t.block_k,
+                           keys_first=True)
+            if z_t is None:
+                dv = dv + plan.dot(p_t.astype(do.dtype), do)
+            else:
+                dv = dv + plan.dot((p_t * z_t).astype(do.dtype), do)
+                dp_t = dp_t * z_t
+            ds_t = p_t * (dp_t - delta_ref[rows][None, :])
             dk = dk + plan.dot(ds_t.astype(q.dtype), q)
             return dk, dv, None if db is None else db + jnp.sum(ds_t, axis=1)
         return body
@@ -383,8 +410,8 @@ def _dkv_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, do_ref, lse_re
         dbias_ref[...] = db
 
 
-def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, do_ref, lse_ref, delta_ref,
-               dq_ref, dbias_ref, *, plan: _Plan):
+def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, drop_ref, do_ref, lse_ref,
+               delta_ref, dq_ref, dbias_ref, *, plan: _Plan):
     """dQ of query block ``i``, and dB: its dS blocks (``[..., Lq, Lk]`` bias, padded with
     zeros where no key is visited) or their row sums (``[..., Lq, 1]`` or ``[..., 1, 1]``)."""
     t = plan.dq
@@ -402,7 +429,9 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, do_ref, lse_ref
             s = _logits(plan, q, k, bias_ref, mask_ref, i * t.block_q, j * t.block_k, limit,
                         masked)
             p = jnp.exp2(s - lse)
-            ds = p * (plan.dot(do, v, trans_b=True) - delta)
+            dp = plan.dot(do, v, trans_b=True)
+            z = _dropout(plan, drop_ref, i * t.block_q, t.block_q, j * t.block_k, t.block_k)
+            ds = p * ((dp if z is None else dp * z) - delta)
             if blocks:
                 dbias_ref[:, keys] = ds
             elif db is not None:
@@ -428,12 +457,13 @@ def _dq_kernel(q_ref, k_ref, v_ref, bias_ref, mask_ref, len_ref, do_ref, lse_ref
 
 # --------------------------------------------------------------------------- pallas calls
 
-def _inputs(plan: _Plan, q_spec, k_spec, q, k, v, bias, mask, lengths):
+def _inputs(plan: _Plan, q_spec, k_spec, q, k, v, bias, mask, lengths, dropout):
     """Operands and block specs shared by the three kernels (grid ``(blocks, B)``)."""
     specs = [q_spec(q.shape[-1]), k_spec(k.shape[-1]), k_spec(v.shape[-1]),
              _plane_spec(bias, plan.lead), _plane_spec(mask, plan.lead),
-             None if lengths is None else pl.BlockSpec(lengths.shape, lambda *_: (0,))]
-    return [q, k, v, bias, mask, lengths], specs
+             None if lengths is None else pl.BlockSpec(lengths.shape, lambda *_: (0,)),
+             _plane_spec(dropout, plan.lead)]
+    return [q, k, v, bias, mask, lengths, dropout], specs
 
 
 def _row_spec(rows: int, cols: int | None = None):
@@ -450,12 +480,12 @@ def _whole_spec(length: int, cols: int | None = None):
     return pl.BlockSpec((None, length, cols), lambda _, b: (b, 0, 0))
 
 
-def _forward(plan: _Plan, q, k, v, bias, mask, lengths):
+def _forward(plan: _Plan, q, k, v, bias, mask, lengths, dropout):
     """Padded output ``[B, Lq_pad, dv_pad]`` and base-2 log-sum-exp ``[B, Lq_pad]``."""
     t, nb = plan.fwd, q.shape[0]
     args, specs = _inputs(plan, functools.partial(_row_spec, t.block_q),
                           functools.partial(_whole_spec, plan.lk_pad), q, k, v, bias, mask,
-                          lengths)
+                          lengths, dropout)
     out_shape = [jax.ShapeDtypeStruct((nb, plan.lq_pad, v.shape[-1]), v.dtype),
                  jax.ShapeDtypeStruct((nb, plan.lq_pad), jnp.float32)]
     out_specs = [_row_spec(t.block_q, v.shape[-1]), _row_spec(t.block_q)]
@@ -479,10 +509,11 @@ def _optional(cond: bool, shape: tuple[int, ...], spec: pl.BlockSpec):
     return (jax.ShapeDtypeStruct(shape, jnp.float32), spec) if cond else (None, None)
 
 
-def _dkv(plan: _Plan, q, k, v, bias, mask, lengths, do, lse, delta):
+def _dkv(plan: _Plan, q, k, v, bias, mask, lengths, dropout, do, lse, delta):
     t, nb = plan.dkv, q.shape[0]
     args, specs = _inputs(plan, functools.partial(_whole_spec, plan.lq_pad),
-                          functools.partial(_row_spec, t.block_k), q, k, v, bias, mask, lengths)
+                          functools.partial(_row_spec, t.block_k), q, k, v, bias, mask, lengths,
+                          dropout)
     args += [do, lse, delta]
     specs += [_whole_spec(plan.lq_pad, do.shape[-1]), _whole_spec(plan.lq_pad),
               _whole_spec(plan.lq_pad)]
@@ -495,11 +526,11 @@ def _dkv(plan: _Plan, q, k, v, bias, mask, lengths, do, lse, delta):
                      out_shape, "pallas_attention_dkv")(*args)
 
 
-def _dq(plan: _Plan, q, k, v, bias, mask, lengths, do, lse, delta):
+def _dq(plan: _Plan, q, k, v, bias, mask, lengths, dropout, do, lse, delta):
     t, nb = plan.dq, q.shape[0]
     args, specs = _inputs(plan, functools.partial(_row_spec, t.block_q),
                           functools.partial(_whole_spec, plan.lk_pad), q, k, v, bias, mask,
-                          lengths)
+                          lengths, dropout)
     args += [do, lse, delta]
     specs += [_row_spec(t.block_q, do.shape[-1]), _row_spec(t.block_q), _row_spec(t.block_q)]
     layout = _bias_grad_layout(bias)
@@ -531,22 +562,23 @@ def _bias_grad(plan: _Plan, bias: jax.Array, db_dkv, db_dq) -> jax.Array:
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
-def _attend(plan, q, k, v, bias, mask, lengths):
-    return _forward(plan, q, k, v, bias, mask, lengths)[0]
+def _attend(plan, q, k, v, bias, mask, lengths, dropout):
+    return _forward(plan, q, k, v, bias, mask, lengths, dropout)[0]
 
 
-def _attend_fwd(plan, q, k, v, bias, mask, lengths):
-    o, lse = _forward(plan, q, k, v, bias, mask, lengths)
-    return o, (q, k, v, bias, mask, lengths, o, lse)
+def _attend_fwd(plan, q, k, v, bias, mask, lengths, dropout):
+    o, lse = _forward(plan, q, k, v, bias, mask, lengths, dropout)
+    return o, (q, k, v, bias, mask, lengths, dropout, o, lse)
 
 
 def _attend_bwd(plan, res, do):
-    inputs, (o, lse), bias = res[:6], res[6:], res[3]
+    inputs, (o, lse), bias = res[:7], res[7:], res[3]
+    # delta = rowsum(dO * O) with the dropped O: rowsum(P * Z * dO V^T) also with dropout.
     delta = jnp.sum(o.astype(jnp.float32) * do.astype(jnp.float32), axis=-1)
     dk, dv, db_dkv = _dkv(plan, *inputs, do, lse, delta)
     dq, db_dq = _dq(plan, *inputs, do, lse, delta)
     dbias = None if bias is None else _bias_grad(plan, bias, db_dkv, db_dq)
-    return dq, dk, dv, dbias, None, None
+    return dq, dk, dv, dbias, None, None, None
 
 
 _attend.defvjp(_attend_fwd, _attend_bwd)
@@ -568,10 +600,10 @@ def _full_rank(x: jax.Array | None, ndim: int) -> jax.Array | None:
     return None if x is None else x.reshape((1,) * (ndim - x.ndim) + x.shape)
 
 
-def _kernel_operands(plan: _Plan, q, k, v, bias, mask, key_lengths) -> tuple:
+def _kernel_operands(plan: _Plan, q, k, v, bias, mask, key_lengths, dropout) -> tuple:
     """The operands as the kernels take them: q, k, v as ``[B, L_pad, d_pad]`` (zero
-    padding), bias and mask of rank ``len(lead) + 2`` padded along their full sequence
-    axes, key lengths as ``[B]`` int32 clipped to ``[0, Lk]``."""
+    padding), bias, mask and dropout keep pattern of rank ``len(lead) + 2`` padded along
+    their full sequence axes, key lengths as ``[B]`` int32 clipped to ``[0, Lk]``."""
     nb, rank = math.prod(plan.lead), len(plan.lead) + 2
 
     def rows(x, length, pad):
@@ -584,7 +616,8 @@ def _kernel_operands(plan: _Plan, q, k, v, bias, mask, key_lengths) -> tuple:
     return (rows(q, plan.lq, plan.lq_pad), rows(k, plan.lk, plan.lk_pad),
             rows(v, plan.lk, plan.lk_pad),
             _pad_to(_full_rank(bias, rank), (plan.lq_pad, plan.lk_pad)),
-            _pad_to(_full_rank(mask, rank), (plan.lq_pad, plan.lk_pad), False), lengths)
+            _pad_to(_full_rank(mask, rank), (plan.lq_pad, plan.lk_pad), False), lengths,
+            _pad_to(_full_rank(dropout, rank), (plan.lq_pad, plan.lk_pad), False))
 
 
 def pallas_supported(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array | None = None,
@@ -631,7 +664,8 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
                      mask: jax.Array | None = None, key_lengths: jax.Array | None = None, *,
                      scale: float, is_causal: bool = False, block_q: int | None = None,
                      block_k: int | None = None, precision: lax.PrecisionLike = None,
-                     interpret: bool | None = None) -> jax.Array:
+                     interpret: bool | None = None, dropout_mask: jax.Array | None = None,
+                     dropout_rate: float = 0.0) -> jax.Array:
     r"""Attention by the Pallas flash-attention kernels of the module docstring.
 
     A kernel of ``attention()`` for GPUs; the arguments must already be checked and
@@ -657,6 +691,11 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
         ``"highest"`` full float32.
       interpret: run the kernels in Pallas's interpret mode; default: when JAX's
         default backend is not ``'gpu'``.
+      dropout_mask: attention dropout's keep pattern (bool, True = kept), broadcastable
+        to ``[..., Lq, Lk]`` with the full ``Lq, Lk`` axes; read through block index
+        maps like ``mask``, so its broadcast axes are never materialised.
+      dropout_rate: the rate :math:`p` of that pattern: kept weights are multiplied by
+        :math:`1 / (1 - p)` after normalisation (a Python float).
 
     Returns:
       ``[..., Lq, dv]`` in ``v``'s dtype; zeros, with zero gradients, for a query that
@@ -680,8 +719,9 @@ def pallas_attention(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array |
     if not isinstance(scale, int | float) or isinstance(scale, bool):
         raise TypeError(f"scale must be a Python number for the Pallas kernel, got "
                         f"{type(scale).__name__}")
-    plan = _make_plan(q, k, v, scale, is_causal, block_q, block_k, precision, interpret)
-    out = _attend(plan, *_kernel_operands(plan, q, k, v, bias, mask, key_lengths))
+    plan = _make_plan(q, k, v, scale, is_causal, block_q, block_k, precision, interpret,
+                      dropout_rate if dropout_mask is not None else 0.0)
+    out = _attend(plan, *_kernel_operands(plan, q, k, v, bias, mask, key_lengths, dropout_mask))
     return out[:, :plan.lq, :v.shape[-1]].reshape(*plan.lead, plan.lq, v.shape[-1])
 
 
