@@ -25,6 +25,7 @@ both learnt on an H200 whose first cases ran at idle clocks:
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import datetime
 import json
@@ -127,6 +128,13 @@ def summarise(name: str, description: str, impls: list[Impl], timings: dict[str,
         }
     subject = next(i.name for i in impls if i.role == "jaxmath")
     ratio = results[subject]["speedup_vs_fastest_peer"]
+    return _record(description, results, subject, fastest, ratio, goal, goal_text,
+                   ratio >= goal, extra)
+
+
+def _record(description: str, results: dict, subject: str, fastest: Any, ratio: Any,
+            goal: float, goal_text: str, passed: bool, extra: dict | None) -> dict:
+    """A benchmark's JSON record (see :func:`summarise` and :func:`summarise_device`)."""
     return {
         "description": description,
         "implementations": results,
@@ -135,7 +143,7 @@ def summarise(name: str, description: str, impls: list[Impl], timings: dict[str,
         "ratio": ratio,
         "goal": goal,
         "goal_text": goal_text,
-        "status": "pass" if ratio >= goal else "miss",
+        "status": "pass" if passed else "miss",
         **(extra or {}),
     }
 
@@ -360,17 +368,8 @@ def summarise_device(description: str, impls: list[Impl], timings: dict[str, Dev
             results[i.name].setdefault("speedup_vs_fastest_peer", {})[kind] = (
                 per_config[fastest[kind]] / per_config[i.name])
         ratio[kind] = results[subject]["speedup_vs_fastest_peer"][kind]
-    return {
-        "description": description,
-        "implementations": results,
-        "subject": subject,
-        "fastest_peer": fastest,
-        "ratio": ratio,
-        "goal": goal,
-        "goal_text": goal_text,
-        "status": "pass" if min(ratio.values()) >= goal else "miss",
-        **(extra or {}),
-    }
+    return _record(description, results, subject, fastest, ratio, goal, goal_text,
+                   min(ratio.values()) >= goal, extra)
 
 
 def nvidia_smi_names() -> list[str] | None:
@@ -399,6 +398,17 @@ def git_commit() -> str | None:
     return head.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
 
 
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``), or what ``platform`` knows of it."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def device_info() -> dict:
     """The device's names (nvidia-smi, JAX, PyTorch), versions, commit and date of a record."""
     info = {"nvidia_smi": nvidia_smi_names(),
@@ -420,8 +430,7 @@ def device_info() -> dict:
     if info["nvidia_smi"]:
         info["name"] = info["nvidia_smi"][0].split(",")[0]
     elif info["jax_backend"] == "cpu":
-        from benchmarks.run import _cpu_model
-        info["name"] = f"{_cpu_model()} ({os.cpu_count()} cores)"
+        info["name"] = f"{cpu_model()} ({os.cpu_count()} cores)"
     else:
         info["name"] = info["jax_devices"][0]
     info["commit"] = git_commit()
@@ -429,22 +438,61 @@ def device_info() -> dict:
     return info
 
 
-def merge_record(path: Path, key: str, record: dict) -> None:
-    """Write ``record`` as ``path[key]`` atomically, keeping the file's other entries.
+def update_json(path: Path, update: Callable[[dict], None]) -> None:
+    """Read the JSON object in ``path`` (none yet: ``{}``), let ``update`` change it in place,
+    and write it back atomically (:func:`jaxmath.run.files.atomic_write_json`).
 
-    The file is replaced in one rename, and the read-modify-write holds a lock on
-    its folder, so scripts that merge into the same file never lose each other's keys.
+    The read-modify-write holds a lock on the file's folder, so scripts that update the
+    same file never lose each other's entries. An unreadable file is an error (it is not
+    replaced by a new one).
     """
     import fcntl
 
-    from benchmarks.run import write_json_atomic
+    from jaxmath.run.files import atomic_write_json
 
     path.parent.mkdir(parents=True, exist_ok=True)
     folder = os.open(path.parent, os.O_RDONLY)
     try:
         fcntl.flock(folder, fcntl.LOCK_EX)
-        data = json.loads(path.read_text()) if path.exists() else {}  # unreadable: raise
-        data[key] = json.loads(json.dumps(record, default=str))
-        write_json_atomic(path, data)
+        data = json.loads(path.read_text()) if path.exists() else {}
+        update(data)
+        atomic_write_json(path, data, indent=1)
     finally:
         os.close(folder)  # releases the lock
+
+
+def merge_record(path: Path, key: str, record: dict) -> None:
+    """Write ``record`` as ``path[key]`` (see :func:`update_json`), keeping the other entries.
+
+    Values JSON cannot hold are written as their ``str``.
+    """
+    update_json(path, lambda data: data.update({key: json.loads(json.dumps(record, default=str))}))
+
+
+# --------------------------------------------------------------------------- device scripts
+
+
+def device_parser(description: str, output: Path,
+                  smoke: str = "tiny sizes (any machine)") -> argparse.ArgumentParser:
+    """The options every ``benchmarks/gpu_*.py`` script takes: ``--smoke`` and ``--output``."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--smoke", action="store_true", help=smoke)
+    parser.add_argument("--output", type=Path, default=None,
+                        help=f"JSON file (default {output}; --smoke writes none)")
+    return parser
+
+
+def start_device_run(cfg: dict) -> tuple[dict, dict, float]:
+    """Name the device, then warm it up: ``(device_info(), warm-up record, start time)``.
+
+    ``cfg`` gives ``warm_up_s`` (the least warm-up; at most 5x that) and ``warm_up_size``.
+    """
+    device = device_info()
+    torch = f", torch {device['torch']}" if device.get("torch") else ""
+    print(f"# {device['name']}: jax {device['jax']} ({device['jax_backend']}){torch}",
+          flush=True)
+    start = time.perf_counter()
+    warm = warm_up_device(min_s=cfg["warm_up_s"], max_s=5 * cfg["warm_up_s"],
+                          size=cfg["warm_up_size"])
+    print(f"# warm-up: {warm}", flush=True)
+    return device, warm, start

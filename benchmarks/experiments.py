@@ -48,6 +48,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from benchmarks._harness import cpu_model, merge_record
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 EXPERIMENTS = ("mlp", "mlp_sweep", "cnn", "transformer", "ddpm_2d", "ddpm_digits")
@@ -63,16 +65,8 @@ def device_record() -> dict:
     import jax
 
     devices = jax.devices()
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {"backend": jax.default_backend(), "device_kind": devices[0].device_kind,
-            "device_count": len(devices), "cpu_model": cpu, "cpu_count": os.cpu_count(),
+            "device_count": len(devices), "cpu_model": cpu_model(), "cpu_count": os.cpu_count(),
             "jax": jax.__version__, "python": platform.python_version()}
 
 
@@ -116,20 +110,6 @@ def compare_with_cpu(records: dict, cpu_records: dict) -> dict:
                 "pass" if steps >= GOAL_RATIO else "miss")
         out[name] = entry
     return out
-
-
-def merge(path: Path, key: str, record: dict) -> None:
-    """Write ``record`` as ``path[key]`` atomically, keeping the file's other entries."""
-    from jaxmath.run.files import atomic_write_json
-
-    data = {}
-    if path.exists():
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, ValueError):
-            data = {}
-    data[key] = record
-    atomic_write_json(path, data, indent=1)
 
 
 def _fmt(v, spec: str) -> str:
@@ -204,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
         record["versus_cpu"] = versus
     output = args.output or RESULTS / f"{device['backend']}.json"
     if not args.no_write:
-        merge(output, key, record)
+        merge_record(output, key, record)
         print(f"\nwrote {output} [{key!r}]")
     return 0
 

@@ -1,8 +1,8 @@
-"""Gradient-descent learning-rate sweep vs the seed's NumPy loop (configurations / s).
+"""Gradient-descent learning-rate sweep vs the blog post's NumPy loop (configurations / s).
 
-The seed's problem: X = [[1, 1], [1, 2], [1, 3]], y = [1, 2, 3], loss
+The blog post's problem: X = [[1, 1], [1, 2], [1, 3]], y = [1, 2, 3], loss
 (1/2m)||X theta - y||^2, 1,000 steps from theta = 0. jaxmath runs 4,096 learning
-rates in one call of ``gradient_descent_sweep``; the seed's NumPy function runs
+rates in one call of ``gradient_descent_sweep``; the post's NumPy function runs
 once per learning rate (timed on 20 of them, reported per configuration).
 
 Other layouts of the same vmapped sweep, all generic in ``loss_fn``, are timed
@@ -23,6 +23,7 @@ from jax import lax
 
 from benchmarks._harness import Impl, check_close, measure, summarise
 from jaxmath.optim import gradient_descent, gradient_descent_sweep
+from jaxmath.run.tour import numpy_gradient_descent
 
 NUM_LRS = 4096
 NUM_STEPS = 1000
@@ -33,22 +34,12 @@ X_SEED = np.array([[1, 1], [1, 2], [1, 3]])
 Y_SEED = np.array([1, 2, 3])
 
 
-def seed_gradient_descent(X, y, lr=0.01, epochs=1000):
-    """The seed's NumPy code, verbatim."""
-    m, n = X.shape
-    theta = np.zeros(n)
-    for _ in range(epochs):
-        gradient = (1/m) * X.T @ (X @ theta - y)
-        theta -= lr * gradient
-    return theta
-
-
 X = jnp.asarray(X_SEED, jnp.float32)
 Y = jnp.asarray(Y_SEED, jnp.float32)
 
 
 def loss(theta):
-    """(1/2m) ||X theta - y||^2: its gradient is the seed's (1/m) X^T (X theta - y)."""
+    """(1/2m) ||X theta - y||^2: its gradient is the post's (1/m) X^T (X theta - y)."""
     return 0.5 * jnp.mean((X @ theta - Y) ** 2)
 
 
@@ -60,7 +51,7 @@ def learning_rates(n: int = NUM_LRS) -> np.ndarray:
 def _numpy_loop(lrs):
     def run():
         with np.errstate(over="ignore", invalid="ignore"):
-            return np.stack([seed_gradient_descent(X_SEED, Y_SEED, lr, NUM_STEPS) for lr in lrs])
+            return np.stack([numpy_gradient_descent(X_SEED, Y_SEED, lr, NUM_STEPS) for lr in lrs])
     return run
 
 

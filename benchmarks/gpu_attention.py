@@ -40,7 +40,6 @@ and, with --profile, kernel traces (the L = 1024 per-call gap).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import os
@@ -60,12 +59,13 @@ from benchmarks._harness import (
     TIMINGS,
     Impl,
     device_info,
+    device_parser,
     error_text,
     measure_device,
     merge_record,
+    start_device_run,
     to_torch,
     torch_sync,
-    warm_up_device,
 )
 
 __all__ = ["OUTPUT", "device_info", "main", "merge_record"]  # the last two: for older callers
@@ -381,10 +381,7 @@ def summary(results: dict) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (any machine)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON file (default {OUTPUT}; --smoke writes none)")
+    parser = device_parser(__doc__.splitlines()[0], OUTPUT)
     parser.add_argument("--modes", default=",".join(MODES),
                         help="comma-separated subset of fwd,fwd+bwd")
     parser.add_argument("--no-long", action="store_true", help="skip the L = 65536 runs")
@@ -395,13 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--modes: choose from {MODES}")
     cfg = SMOKE if args.smoke else FULL
     output = args.output or (None if args.smoke else OUTPUT)
-    device = device_info()
-    print(f"# {device['name']}: jax {device['jax']} ({device['jax_backend']}), "
-          f"torch {device['torch']}", flush=True)
-    start = time.perf_counter()
-    warm = warm_up_device(min_s=cfg["warm_up_s"], max_s=5 * cfg["warm_up_s"],
-                          size=cfg["warm_up_size"])
-    print(f"# warm-up: {warm}", flush=True)
+    device, warm, start = start_device_run(cfg)
     results = {"description": __doc__.split("\n\n")[0], "config": dict(cfg),
                "device": device, "date": device["date"], "smoke": args.smoke,
                "goal": f"default path >= {GOAL}x the best of {' and '.join(GOAL_PEERS)} in "

@@ -35,7 +35,6 @@ Goals: entropy, kl_divergence and softmax >= 1.0x the plain JAX program; conv2d
 
 from __future__ import annotations
 
-import argparse
 import functools
 import os
 import re
@@ -54,14 +53,14 @@ import numpy as np
 from benchmarks._harness import (
     TIMINGS,
     Impl,
-    device_info,
+    device_parser,
     error_text,
     measure_device,
     merge_record,
+    start_device_run,
     summarise_device,
     to_torch,
     torch_sync,
-    warm_up_device,
 )
 
 OUTPUT = Path(__file__).parent / "results" / "gpu.json"
@@ -262,20 +261,11 @@ def _line(name: str, r: dict) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (any machine)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON file (default {OUTPUT}; --smoke writes none)")
+    parser = device_parser(__doc__.splitlines()[0], OUTPUT)
     args = parser.parse_args(argv)
     cfg = SMOKE if args.smoke else FULL
     output = args.output or (None if args.smoke else OUTPUT)
-    device = device_info()
-    print(f"# {device['name']}: jax {device['jax']} ({device['jax_backend']}), "
-          f"torch {device['torch']}", flush=True)
-    start = time.perf_counter()
-    warm = warm_up_device(min_s=cfg["warm_up_s"], max_s=5 * cfg["warm_up_s"],
-                          size=cfg["warm_up_size"])
-    print(f"# warm-up: {warm}", flush=True)
+    device, warm, start = start_device_run(cfg)
     benchmarks = info_benchmarks(cfg)
     benchmarks["conv2d"] = conv_benchmark(cfg)
     record = {"description": __doc__.splitlines()[0], "config": dict(cfg), "device": device,

@@ -35,7 +35,6 @@ call and pipelined.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import dataclasses
 import functools
@@ -57,11 +56,11 @@ from benchmarks._harness import (
     TIMINGS,
     Impl,
     check_close,
-    device_info,
+    device_parser,
     measure_device,
     merge_record,
+    start_device_run,
     summarise_device,
-    warm_up_device,
 )
 from jaxmath.run.sweep import grid, run_sweep
 
@@ -254,10 +253,8 @@ def _print(record: dict) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="32 configurations (any machine)")
-    parser.add_argument("--output", type=Path, default=None,
-                        help=f"JSON file (default {OUTPUT}; --smoke writes none)")
+    parser = device_parser(__doc__.splitlines()[0], OUTPUT,
+                           smoke="32 configurations (any machine)")
     parser.add_argument("--precision", choices=("default", "highest", "both"), default="default",
                         help="matmul precision of the timed runs (the check is always at "
                              "'highest')")
@@ -265,11 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     cfg = SMOKE if args.smoke else FULL
     output = args.output or (None if args.smoke else OUTPUT)
-    device = device_info()
-    print(f"# {device['name']}: jax {device['jax']} ({device['jax_backend']})", flush=True)
-    start = time.perf_counter()
-    warm = warm_up_device(min_s=cfg["warm_up_s"], max_s=5 * cfg["warm_up_s"],
-                          size=cfg["warm_up_size"])
+    device, warm, start = start_device_run(cfg)
     s = setup(cfg)
     precisions = ("default", "highest") if args.precision == "both" else (args.precision,)
     records = {p: timed(s, cfg, p) for p in precisions}

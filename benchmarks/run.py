@@ -16,13 +16,13 @@ import argparse
 import datetime
 import importlib
 import inspect
-import json
 import os
 import platform
 import sys
-import tempfile
 import traceback
 from pathlib import Path
+
+from benchmarks._harness import cpu_model, update_json
 
 # benchmark name -> module that defines it in its BENCHMARKS dict
 REGISTRY = {
@@ -55,22 +55,12 @@ def _version(module: str) -> str | None:
         return None
 
 
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def machine_info() -> dict:
     import jax
     import torch
 
     return {
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "load_average_at_start": list(os.getloadavg()),
         "platform": platform.platform(),
@@ -85,20 +75,6 @@ def machine_info() -> dict:
                         "SciPy and scikit-learn use their BLAS defaults.",
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
     }
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=1, sort_keys=False)
-            f.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
 
 
 def run_one(name: str, quick: bool, variants: bool) -> dict:
@@ -173,17 +149,12 @@ def main(argv: list[str] | None = None) -> int:
     print()
     print_table(results)
     if not args.no_write:
-        data = {}
-        if args.output.exists():  # other records (e.g. "experiments") are kept as they are
-            try:
-                data = json.loads(args.output.read_text())
-            except (OSError, ValueError):
-                pass
-        data.update(machine=machine, fields=FIELDS, benchmarks=data.get("benchmarks", {}))
-        data["benchmarks"].update(results)
-        data["benchmarks"] = {k: data["benchmarks"][k] for k in REGISTRY
-                              if k in data["benchmarks"]}
-        write_json_atomic(args.output, data)
+        def merge(data: dict) -> None:  # other records (e.g. "experiments") are kept as they are
+            benchmarks = {**data.get("benchmarks", {}), **results}
+            data.update(machine=machine, fields=FIELDS,
+                        benchmarks={k: benchmarks[k] for k in REGISTRY if k in benchmarks})
+
+        update_json(args.output, merge)
         print(f"\nwrote {args.output}")
     return 1 if failed else 0
 

@@ -1,9 +1,10 @@
-"""A tour of the seed's equations: each example evaluated with jaxmath.
+"""A tour of the blog post's examples: each equation of the post evaluated with jaxmath.
 
-Run with ``make run`` or ``python -m jaxmath.run.tour``. Every row prints jaxmath's
-value beside the output the seed blog post printed and an independent NumPy
-reference computed here, and marks where the seed's printed output is wrong
-(``docs/errata.md`` has the evidence for each).
+Run with ``make tour`` or ``python -m jaxmath.run.tour``. Every row prints jaxmath's
+value beside the output the blog post printed and an independent NumPy reference
+computed here, and marks where the post's printed output is wrong
+(``docs/errata.md`` has the evidence for each). :func:`numpy_gradient_descent` is the
+post's NumPy gradient descent, verbatim: the tests and the benchmarks compare with it.
 """
 
 from __future__ import annotations
@@ -20,13 +21,13 @@ import jaxmath as jm
 
 @dataclasses.dataclass(frozen=True)
 class Example:
-    """One code example of the seed: its jaxmath value, a NumPy reference, the seed's claim."""
+    """One code example of the blog post: its jaxmath value, a NumPy reference, its printout."""
 
     name: str
     equation: str
     jaxmath: Callable[[], object]
     reference: Callable[[], object]
-    seed_printed: object = None  # None: the seed printed no value (or a random one)
+    post_printed: object = None  # None: the post printed no value (or a random one)
 
 
 def _np_softmax(z):
@@ -54,10 +55,13 @@ def _np_gnb_proba(X, y, x):
     return np.exp(logp - np.logaddexp.reduce(logp))
 
 
-def _np_gradient_descent(X, y, lr=0.01, epochs=1000):
-    theta = np.zeros(X.shape[1])
+def numpy_gradient_descent(X, y, lr=0.01, epochs=1000):
+    """The blog post's NumPy gradient descent on (1/2m)||X theta - y||^2, verbatim (float64)."""
+    m, n = X.shape
+    theta = np.zeros(n)
     for _ in range(epochs):
-        theta -= lr * (1 / len(X)) * X.T @ (X @ theta - y)
+        gradient = (1/m) * X.T @ (X @ theta - y)
+        theta -= lr * gradient
     return theta
 
 
@@ -66,7 +70,7 @@ def _np_attention(Q, K, V):
 
 
 def _np_backprop_step(W, b, X, y, lr=0.01):
-    """The seed's PyTorch step (Linear(2, 1) + Sigmoid + MSELoss + SGD) by hand."""
+    """The blog post's PyTorch step (Linear(2, 1) + Sigmoid + MSELoss + SGD) by hand."""
     a = 1 / (1 + np.exp(-(X @ W.T + b)))
     loss = np.mean((a - y) ** 2)
     delta = 2 * (a - y) / len(X) * a * (1 - a)
@@ -139,7 +143,7 @@ EXAMPLES: tuple[Example, ...] = (
             lambda: jm.svd(jnp.array([[1.0, 2], [3, 4], [5, 6]]))[1],
             lambda: np.linalg.svd(np.array([[1.0, 2], [3, 4], [5, 6]]), compute_uv=False)),
     Example("Gradient descent θ after 1000 steps", "θ ← θ - η ∇L(θ)",
-            _gd_jaxmath, lambda: _np_gradient_descent(_X_GD, _Y_GD), [0.0, 1.0]),
+            _gd_jaxmath, lambda: numpy_gradient_descent(_X_GD, _Y_GD), [0.0, 1.0]),
     Example("Backprop: loss, W, b after one SGD step", "∂L/∂w = ∂L/∂a · ∂a/∂z · ∂z/∂w",
             _backprop_jaxmath, lambda: _np_backprop_step(_W0, _B0, _X_BP, _Y_BP)),
     Example("MSE", "mean((y - ŷ)²)",
@@ -153,12 +157,12 @@ EXAMPLES: tuple[Example, ...] = (
     Example("Softmax [1, 2, 3]", "σ(z)_i = e^{z_i} / Σ_j e^{z_j}",
             lambda: jm.softmax(jnp.array([1.0, 2, 3])),
             lambda: _np_softmax(np.array([1.0, 2, 3])), [0.09003057, 0.24472847, 0.66524096]),
-    Example("Attention (the seed's Q, K, V)", "softmax(QKᵀ/√d_k) V",
+    Example("Attention (the blog post's Q, K, V)", "softmax(QKᵀ/√d_k) V",
             lambda: jm.attention(jnp.asarray(_Q), jnp.asarray(_K), jnp.asarray(_V)),
             lambda: _np_attention(_Q, _K, _V)),
 )
 
-_TOL = 1e-4  # float32 jaxmath vs float64 NumPy, and the seed's rounded printouts
+_TOL = 1e-4  # float32 jaxmath vs float64 NumPy, and the blog post's rounded printouts
 
 
 def _flat(value) -> np.ndarray:
@@ -177,7 +181,7 @@ def _fmt(value) -> str:
 
 
 def main() -> int:
-    """Print every seed example: jaxmath, the NumPy reference, the seed's printed output."""
+    """Print every example: jaxmath, the NumPy reference, the blog post's printed output."""
     print(f"jaxmath tour on {jax.devices()[0].platform} (jax {jax.__version__})\n")
     failures = 0
     for ex in EXAMPLES:
@@ -187,9 +191,9 @@ def main() -> int:
         print(f"{ex.name}   [{ex.equation}]")
         print(f"  jaxmath   {_fmt(ours)}")
         print(f"  reference {_fmt(ref)}   {'agrees' if agree else 'DISAGREES'}")
-        if ex.seed_printed is not None:
-            verdict = "matches" if close(ex.seed_printed, ref) else "WRONG (see docs/errata.md)"
-            print(f"  seed      {_fmt(ex.seed_printed)}   {verdict}")
+        if ex.post_printed is not None:
+            verdict = "matches" if close(ex.post_printed, ref) else "WRONG (see docs/errata.md)"
+            print(f"  blog post {_fmt(ex.post_printed)}   {verdict}")
         print()
     print(f"{len(EXAMPLES) - failures}/{len(EXAMPLES)} examples agree with the NumPy reference.")
     return int(failures > 0)
