@@ -1,7 +1,6 @@
 """experiments/ddpm_2d.py: DDPM and DDIM on the 2-D toy datasets, scored by sliced Wasserstein."""
 
 import json
-from pathlib import Path
 
 import jax
 import numpy as np
@@ -9,29 +8,27 @@ import pytest
 
 from experiments.ddpm_2d import make_data
 from jaxmath.run.cli import run_experiment
-from tests.tolerances import F32_LOOSE, default_precision_tol
+from tests._experiment_runs import (
+    assert_loop_timing,
+    assert_run_files,
+    check_scan_path,
+    config_path,
+    metrics_rows,
+    quick_fixture,
+)
+from tests.tolerances import F32_LOOSE
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ddpm_2d.py")
+CONFIG = config_path("ddpm_2d")
 PER_DATASET = ("sw_ddpm", "sw_ddim", "sw_reference", "mmd_ddpm", "mmd_ddim", "mmd_reference",
                "sw_target", "target_met")
 
 
-def _rows(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The quick variant's default run: one call per update on a CPU, the scan elsewhere."""
-    workdir = tmp_path_factory.mktemp("quick")
-    return run_experiment(f"{CONFIG}:quick", workdir, verbose=False), workdir
+quick = quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    for name in ("config.json", "summary.json", "report.md", "metrics.jsonl",
-                 "plots/samples.png", "plots/loss.png"):
-        assert (tmp_path / name).is_file(), name
+    assert_run_files(tmp_path, "metrics.jsonl", "plots/samples.png", "plots/loss.png")
     assert any((tmp_path / "checkpoints").iterdir())
     names = summary["datasets"].split(",")
     for name in names:
@@ -42,35 +39,17 @@ def test_quick_run_writes_its_files(quick):
                 "sw_ratio_ddim_max", "target", "target_factor", "target_met", "train_s",
                 "wall_time_s", "train_compile_s", "train_steps_per_s", "steps_per_call"):
         assert key in summary, key
-    expected = 1 if jax.default_backend() == "cpu" else 10  # steps_per_call=None: auto
-    assert summary["steps_per_call"] == expected
-    assert 0 < summary["train_compile_s"] < summary["train_s"] <= summary["wall_time_s"]
-    assert summary["train_steps_per_s"] > 0 and summary["backend"] and summary["devices"]
+    assert_loop_timing(summary, scan_steps=10)
     assert summary["ddim_steps"] == summary["num_timesteps"] // 10
-    rows = _rows(tmp_path)
+    rows = metrics_rows(tmp_path)
     assert [r["step"] for r in rows] == [10, 20]
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert {f"loss_{name}" for name in names} <= set(rows[-1])
     assert json.loads((tmp_path / "summary.json").read_text())["datasets"] == summary["datasets"]
 
 
-def _metrics_rows(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    """steps_per_call=0, the scan of the steps between log steps that a GPU runs (batch_fn
-    traced): the rows of the default run (one call per update on a CPU), to float
-    rounding, and the same summary keys."""
-    summary = run_experiment(f"{CONFIG}:quick", tmp_path, ["--config.steps_per_call=0"],
-                             verbose=False)
-    assert summary["steps_per_call"] == 10  # gcd(log_every, checkpoint_every)
-    assert set(summary) == set(quick[0])
-    rows, want = _metrics_rows(tmp_path), _metrics_rows(quick[1])
-    assert [set(r) for r in rows] == [set(r) for r in want]
-    for got, ref in zip(rows, want, strict=True):
-        for key, value in ref.items():
-            np.testing.assert_allclose(got[key], value, **default_precision_tol(), err_msg=key)
+    check_scan_path(CONFIG, quick, tmp_path, scan_steps=10)
 
 
 def test_data_is_standardised_per_dataset():
@@ -93,7 +72,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     twice_dir = tmp_path / "twice"
     run_experiment(f"{CONFIG}:quick", twice_dir, ["--config.num_steps=10"], verbose=False)
     twice = run_experiment(f"{CONFIG}:quick", twice_dir, verbose=False)
-    assert _rows(twice_dir) == _rows(tmp_path / "once")
+    assert metrics_rows(twice_dir) == metrics_rows(tmp_path / "once")
     for key in once:
         if "sw_" in key or "mmd_" in key:
             assert twice[key] == once[key], key

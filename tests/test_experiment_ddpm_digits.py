@@ -1,66 +1,45 @@
 """experiments/ddpm_digits.py: DDPM with the UNet on the 8x8 digits, checked by pixel-space MMD."""
 
-import json
-from pathlib import Path
-
-import jax
 import numpy as np
 import pytest
 
 from experiments.ddpm_digits import _grid, load_digits, nearest_distance
 from jaxmath.run.cli import run_experiment
-from tests.tolerances import default_precision_tol
+from tests._experiment_runs import (
+    assert_loop_timing,
+    assert_run_files,
+    check_scan_path,
+    config_path,
+    metrics_rows,
+    quick_fixture,
+)
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "ddpm_digits.py")
+CONFIG = config_path("ddpm_digits")
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The quick variant's default run: one call per update on a CPU, the scan elsewhere."""
-    workdir = tmp_path_factory.mktemp("quick")
-    return run_experiment(f"{CONFIG}:quick", workdir, verbose=False), workdir
+quick = quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    for name in ("config.json", "summary.json", "report.md", "metrics.jsonl",
-                 "plots/samples.png", "plots/loss.png"):
-        assert (tmp_path / name).is_file(), name
+    assert_run_files(tmp_path, "metrics.jsonl", "plots/samples.png", "plots/loss.png")
     assert any((tmp_path / "checkpoints").iterdir())
     for key in ("mmd_samples", "mmd_reference", "mmd_baseline", "mmd_ratio", "target",
                 "target_mmd", "target_met", "sample_s", "train_s", "pixel_mean_abs_diff",
                 "classifier_confidence_samples", "classes_covered", "wall_time_s",
                 "train_compile_s", "train_steps_per_s", "steps_per_call"):
         assert key in summary, key
-    expected = 1 if jax.default_backend() == "cpu" else 5  # steps_per_call=None: auto
-    assert summary["steps_per_call"] == expected
-    assert 0 < summary["train_compile_s"] < summary["train_s"] <= summary["wall_time_s"]
-    assert summary["train_steps_per_s"] > 0 and summary["backend"] and summary["devices"]
+    assert_loop_timing(summary, scan_steps=5)
     assert summary["mmd_samples"] > 0 and summary["mmd_reference"] > 0
     assert summary["num_samples"] == 36 and summary["sampling_steps"] == 5
     assert summary["target_mmd"] == pytest.approx(2.0 * summary["mmd_reference"])
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rows = metrics_rows(tmp_path)
     assert [r["step"] for r in rows] == [5, 10]
     assert all(np.isfinite(r["loss"]) for r in rows)
 
 
-def _metrics_rows(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    """steps_per_call=0, the scan of the steps between log steps that a GPU runs (batch_fn
-    traced): the rows of the default run (one call per update on a CPU), to float
-    rounding, and the same summary keys."""
-    summary = run_experiment(f"{CONFIG}:quick", tmp_path, ["--config.steps_per_call=0"],
-                             verbose=False)
-    assert summary["steps_per_call"] == 5  # gcd(log_every, checkpoint_every)
-    assert set(summary) == set(quick[0])
-    rows, want = _metrics_rows(tmp_path), _metrics_rows(quick[1])
-    assert [set(r) for r in rows] == [set(r) for r in want]
-    for got, ref in zip(rows, want, strict=True):
-        for key, value in ref.items():
-            np.testing.assert_allclose(got[key], value, **default_precision_tol(), err_msg=key)
+    check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
 
 
 def test_digits_are_scaled_to_minus_one_one():

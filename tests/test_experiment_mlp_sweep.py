@@ -1,7 +1,6 @@
 """experiments/mlp_sweep.py: the digits MLP swept over learning rates x seeds in one program."""
 
 import json
-from pathlib import Path
 
 import jax
 import ml_collections
@@ -17,9 +16,10 @@ from jaxmath.losses import softmax_cross_entropy
 from jaxmath.run import sweep
 from jaxmath.run.cli import run_experiment
 from jaxmath.run.sweep import grid, run_sweep
+from tests._experiment_runs import assert_run_files, config_path
 from tests.tolerances import F32_LOOSE
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "mlp_sweep.py")
+CONFIG = config_path("mlp_sweep")
 SUMMARY_KEYS = {"best_mean_test_accuracy", "target", "target_met", "target_metric",
                 "best_learning_rate", "best_test_accuracy_min", "best_test_accuracy_max",
                 "num_configs", "num_learning_rates", "num_seeds", "num_steps", "num_diverged",
@@ -57,9 +57,7 @@ def swept(train):
 
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
-    for name in ("config.json", "summary.json", "report.md", "sweep.jsonl",
-                 "plots/accuracy_vs_lr.png", "plots/loss_curves.png"):
-        assert (tmp_path / name).is_file(), name
+    assert_run_files(tmp_path, "sweep.jsonl", "plots/accuracy_vs_lr.png", "plots/loss_curves.png")
     assert SUMMARY_KEYS <= set(summary)
     config = get_config("quick")
     rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]

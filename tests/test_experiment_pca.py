@@ -1,7 +1,6 @@
 """experiments/pca.py: SVD and PCA of the digits, against scikit-learn and closed forms."""
 
 import json
-from pathlib import Path
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,9 +9,10 @@ import pytest
 from experiments.pca import reconstruction_errors, sklearn_reference, truncated_reconstructions
 from jaxmath.linalg import PCA
 from jaxmath.run.cli import run_experiment
+from tests._experiment_runs import assert_run_files, config_path
 from tests.tolerances import F32_LOOSE, F64_RTOL
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "pca.py")
+CONFIG = config_path("pca")
 RATIO_ATOL = 1e-5  # configs/pca.py's targets
 RECON_RTOL = 1e-4
 
@@ -24,8 +24,7 @@ def _data(rng, n=40, d=6):
 
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
-    for name in ("config.json", "summary.json", "report.md", "metrics.jsonl"):
-        assert (tmp_path / name).is_file(), name
+    assert_run_files(tmp_path, "metrics.jsonl")
     for plot in ("explained_variance", "projection_2d", "reconstruction_error",
                  "reconstructions"):
         assert (tmp_path / "plots" / f"{plot}.png").is_file(), plot

@@ -1,8 +1,5 @@
 """experiments/transformer.py: a small Transformer that sorts sequences."""
 
-import json
-from pathlib import Path
-
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -12,59 +9,42 @@ from configs.transformer import get_config
 from experiments._train import count_params, fast_init
 from experiments.transformer import Sorter, logits_and_attention, sequence_metrics, sorting_data
 from jaxmath.run.cli import run_experiment
-from tests.tolerances import F32_LOOSE, F32_RTOL, default_precision_tol
+from tests._experiment_runs import (
+    assert_loop_timing,
+    assert_run_files,
+    assert_stored_summary,
+    check_scan_path,
+    config_path,
+    metrics_rows,
+    quick_fixture,
+)
+from tests.tolerances import F32_LOOSE, F32_RTOL
 
-CONFIG = str(Path(__file__).resolve().parents[1] / "configs" / "transformer.py")
+CONFIG = config_path("transformer")
 SUMMARY_KEYS = {"test_sequence_accuracy", "target", "target_met", "target_metric",
                 "test_token_accuracy", "num_test", "seq_len", "vocab_size", "final_loss",
                 "num_steps", "num_params", "train_s", "train_compile_s", "train_steps_per_s",
                 "steps_per_call"}
 
 
-@pytest.fixture(scope="module")
-def quick(tmp_path_factory):
-    """The quick variant's default run: one call per update on a CPU, the scan elsewhere."""
-    workdir = tmp_path_factory.mktemp("quick")
-    return run_experiment(f"{CONFIG}:quick", workdir, verbose=False), workdir
+quick = quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    for name in ("config.json", "summary.json", "report.md", "metrics.jsonl",
-                 "plots/curves.png", "plots/attention.png"):
-        assert (tmp_path / name).is_file(), name
-    assert SUMMARY_KEYS <= set(summary)
-    stored = json.loads((tmp_path / "summary.json").read_text())
-    assert {k: stored[k] for k in SUMMARY_KEYS} == {k: summary[k] for k in SUMMARY_KEYS}
-    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert_run_files(tmp_path, "metrics.jsonl", "plots/curves.png", "plots/attention.png")
+    assert_stored_summary(tmp_path, summary, SUMMARY_KEYS)
+    rows = metrics_rows(tmp_path)
     assert [row["step"] for row in rows] == [5, 10]
     assert all({"loss", "learning_rate", "token_accuracy", "sequence_accuracy",
                 "test_token_accuracy", "test_sequence_accuracy"} <= set(row) for row in rows)
     assert summary["seq_len"] >= 16 and summary["target"] == 0.99
-    expected = 1 if jax.default_backend() == "cpu" else 5  # steps_per_call=None: auto
-    assert summary["steps_per_call"] == expected
-    assert 0 < summary["train_compile_s"] < summary["train_s"] <= summary["wall_time_s"]
-    assert summary["train_steps_per_s"] > 0 and summary["backend"] and summary["devices"]
+    assert_loop_timing(summary, scan_steps=5)
     assert "attention.png" in (tmp_path / "report.md").read_text()
 
 
-def _metrics_rows(workdir):
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
-
-
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    """steps_per_call=0, the scan of the steps between log steps that a GPU runs (batch_fn
-    traced): the rows of the default run (one call per update on a CPU), to float
-    rounding, and the same summary keys."""
-    summary = run_experiment(f"{CONFIG}:quick", tmp_path, ["--config.steps_per_call=0"],
-                             verbose=False)
-    assert summary["steps_per_call"] == 5  # gcd(log_every, checkpoint_every)
-    assert set(summary) == set(quick[0])
-    rows, want = _metrics_rows(tmp_path), _metrics_rows(quick[1])
-    assert [set(r) for r in rows] == [set(r) for r in want]
-    for got, ref in zip(rows, want, strict=True):
-        for key, value in ref.items():
-            np.testing.assert_allclose(got[key], value, **default_precision_tol(), err_msg=key)
+    check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
 
 
 def test_sorting_data_sorts_uniform_tokens():

@@ -117,7 +117,7 @@ def test_svd_example():
 def test_gradient_descent_example():
     X = np.array([[1.0, 1], [1, 2], [1, 3]])
     y = np.array([1.0, 2, 3])
-    ref = tour._np_gradient_descent(X, y)
+    ref = tour.numpy_gradient_descent(X, y)
     assert_close(tour._gd_jaxmath(), ref, atol=F32_LOOSE)
     # Erratum 6: after 1000 steps at η = 0.01 the seed's loop has not converged to the
     # least-squares solution [0, 1]: the slow eigenvalue of XᵀX/m is 0.12, so the error
