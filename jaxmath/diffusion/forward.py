@@ -9,7 +9,7 @@ with :math:`\alpha_t = 1 - \beta_t`. Composing the steps gives the closed form
    (1 - \bar\alpha_t) I\big), \qquad \bar\alpha_t = \prod_{s=1}^{t} \alpha_s,
 
 so :math:`x_t` is sampled directly from :math:`x_0` with the *cumulative*
-product :math:`\bar\alpha_t`. The seed writes :math:`\alpha_t` in this equation;
+product :math:`\bar\alpha_t`. The blog post writes :math:`\alpha_t` in this equation;
 that is right only for :math:`t = 1`, or in the notation of DDIM (Song et al.,
 2021), whose :math:`\alpha_t` is DDPM's :math:`\bar\alpha_t`.
 """
@@ -17,26 +17,11 @@ that is right only for :math:`t = 1`, or in the notation of DDIM (Song et al.,
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from jaxmath import _checks
+from jaxmath.diffusion import _kernels as kernels
 
 ArrayLike = jax.typing.ArrayLike
-
-
-@jax.custom_jvp
-def _sqrt(a: jax.Array) -> jax.Array:
-    """``sqrt(a)`` whose derivative at ``a = 0`` is large but finite (never inf or NaN)."""
-    return jnp.sqrt(a)
-
-
-@_sqrt.defjvp
-def _sqrt_jvp(primals, tangents):
-    (a,), (da,) = primals, tangents
-    # d sqrt(a) / da = 1 / (2 sqrt(a)), evaluated no closer to 0 than the smallest
-    # normal number, so that 0 * (1 / 0) = NaN cannot appear in a chain rule.
-    slope = 0.5 * jax.lax.rsqrt(jnp.maximum(a, jnp.finfo(a.dtype).tiny))
-    return jnp.sqrt(a), da * slope
 
 
 def _left_aligned(alpha_bar: jax.Array, x0: jax.Array) -> jax.Array:
@@ -51,11 +36,6 @@ def _left_aligned(alpha_bar: jax.Array, x0: jax.Array) -> jax.Array:
     return alpha_bar.reshape(alpha_bar.shape + (1,) * (x0.ndim - alpha_bar.ndim))
 
 
-@jax.jit
-def _forward_diffuse(x0: jax.Array, alpha_bar: jax.Array, noise: jax.Array) -> jax.Array:
-    return _sqrt(alpha_bar) * x0 + _sqrt(1 - alpha_bar) * noise
-
-
 def forward_diffuse(x0: ArrayLike, alpha_bar: ArrayLike, noise: ArrayLike, *,
                     validate: bool = False) -> jax.Array:
     r"""Sample :math:`x_t \sim q(x_t \mid x_0)` from clean data and a noise draw.
@@ -65,7 +45,7 @@ def forward_diffuse(x0: ArrayLike, alpha_bar: ArrayLike, noise: ArrayLike, *,
        \qquad \bar\alpha_t = \prod_{s \le t} \alpha_s = \prod_{s \le t} (1 - \beta_s).
 
     ``alpha_bar`` is the cumulative product :math:`\bar\alpha_t` (DDPM eq. 4), not
-    the per-step :math:`\alpha_t` the seed writes: for a schedule ``betas``, pass
+    the per-step :math:`\alpha_t` the blog post writes: for a schedule ``betas``, pass
     ``jnp.cumprod(1 - betas)[t]``. Then :math:`x_t` has mean
     :math:`\sqrt{\bar\alpha_t} x_0` and variance :math:`1 - \bar\alpha_t`.
 
@@ -117,4 +97,4 @@ def forward_diffuse(x0: ArrayLike, alpha_bar: ArrayLike, noise: ArrayLike, *,
             (alpha_bar >= 0) & (alpha_bar <= 1),
             f"alpha_bar must lie in [0, 1] (it is the cumulative product of alphas), got "
             f"shape {tuple(alpha_bar.shape)} with values outside that")
-    return _forward_diffuse(x0, a, noise)
+    return kernels.forward_diffuse(x0, a, noise)

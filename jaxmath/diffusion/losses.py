@@ -15,14 +15,16 @@ Strategy", eq. 11) weights every step as :math:`\min(\mathrm{SNR}_t, \gamma)\,
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
-import jax.numpy as jnp
 
 from jaxmath import _checks
-from jaxmath.diffusion.parameterization import _prediction_target, _prediction_type
-from jaxmath.diffusion.schedules import NoiseSchedule, _scalar, _timesteps
+from jaxmath.diffusion import _kernels as kernels
+from jaxmath.diffusion._arguments import (
+    canonical_prediction_type,
+    check_timesteps,
+    positive_scalar,
+)
+from jaxmath.diffusion.schedules import NoiseSchedule
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -63,27 +65,9 @@ def min_snr_weight(schedule: NoiseSchedule, t: ArrayLike, gamma: ArrayLike = 5.0
       >>> print(np.round(min_snr_weight(s, jnp.array([0, 1, 2]), 5.0, "sample"), 4))
       [5.     0.8182 0.0471]
     """
-    prediction_type = _prediction_type(prediction_type)
-    t = _timesteps(schedule, t, None, validate=validate)
-    return _min_snr_weight(schedule, t, _gamma(gamma), prediction_type)
-
-
-def _gamma(gamma: ArrayLike) -> jax.Array:
-    gamma, value = _scalar(gamma, "gamma")
-    if value is not None and not value > 0:
-        raise ValueError(f"gamma must be > 0, got {value}")
-    return gamma
-
-
-@partial(jax.jit, static_argnums=3)
-def _min_snr_weight(schedule: NoiseSchedule, t: jax.Array, gamma: jax.Array,
-                    prediction_type: str) -> jax.Array:
-    snr_t = schedule.snr[t]
-    gamma = gamma.astype(snr_t.dtype)
-    if prediction_type == "epsilon":
-        return jnp.minimum(1, gamma / snr_t)
-    clipped = jnp.minimum(snr_t, gamma)
-    return clipped if prediction_type == "sample" else clipped / (snr_t + 1)
+    prediction_type = canonical_prediction_type(prediction_type)
+    t = check_timesteps(schedule, t, None, validate=validate)
+    return kernels.min_snr_weight(schedule, t, positive_scalar(gamma, "gamma"), prediction_type)
 
 
 def diffusion_loss(schedule: NoiseSchedule, model_output: ArrayLike, x0: ArrayLike,
@@ -133,19 +117,7 @@ def diffusion_loss(schedule: NoiseSchedule, model_output: ArrayLike, x0: ArrayLi
     _checks.check_same_shape(noise, x0, "noise", "x0")
     _checks.check_ndim(x0, "x0", min_ndim=1)
     _checks.check_nonempty(x0, "x0")
-    prediction_type = _prediction_type(prediction_type)
-    t = _timesteps(schedule, t, x0, x_name="x0", validate=validate)
-    gamma = None if min_snr_gamma is None else _gamma(min_snr_gamma)
-    return _diffusion_loss(schedule, out, x0, noise, t, gamma, prediction_type)
-
-
-@partial(jax.jit, static_argnums=6)
-def _diffusion_loss(schedule: NoiseSchedule, out: jax.Array, x0: jax.Array,
-                    noise: jax.Array, t: jax.Array, gamma: jax.Array | None,
-                    prediction_type: str) -> jax.Array:
-    target = _prediction_target(schedule, x0, noise, t, prediction_type)
-    per_example = jnp.mean(jnp.square(out - target).reshape(x0.shape[0], -1), axis=1)
-    if gamma is not None:
-        weight = _min_snr_weight(schedule, t, gamma, prediction_type)
-        per_example = per_example * weight.astype(per_example.dtype)
-    return jnp.mean(per_example)
+    prediction_type = canonical_prediction_type(prediction_type)
+    t = check_timesteps(schedule, t, x0, x_name="x0", validate=validate)
+    gamma = None if min_snr_gamma is None else positive_scalar(min_snr_gamma, "gamma")
+    return kernels.diffusion_loss(schedule, out, x0, noise, t, gamma, prediction_type)

@@ -32,17 +32,10 @@ import jax
 import jax.numpy as jnp
 
 from jaxmath import _checks
-from jaxmath.diffusion.losses import diffusion_loss
-from jaxmath.diffusion.parameterization import _prediction_type
-from jaxmath.diffusion.process import q_sample
+from jaxmath.diffusion import _kernels as kernels
+from jaxmath.diffusion._arguments import STATIC, canonical_prediction_type, positive_scalar
 from jaxmath.diffusion.samplers import ddim_sample, ddpm_sample
-from jaxmath.diffusion.schedules import (
-    SCHEDULES,
-    NoiseSchedule,
-    _scalar,
-    _static_int,
-    make_schedule,
-)
+from jaxmath.diffusion.schedules import SCHEDULES, NoiseSchedule, make_schedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -127,20 +120,17 @@ class DiffusionModel(nn.Module):
             raise TypeError(f"schedule must be a schedule name or a NoiseSchedule, got "
                             f"{type(self.schedule).__name__}")
         T = DEFAULT_NUM_TIMESTEPS if self.num_timesteps is None else self.num_timesteps
-        T = _static_int(T, "num_timesteps")
+        T = _checks.check_int(T, "num_timesteps", 1, static=STATIC)
         _checks.check_choice(self.schedule, "schedule", tuple(SCHEDULES))
         return make_schedule(self.schedule, T)
 
     def _options(self) -> tuple[str, ArrayLike | None]:
         """The canonical prediction type and the min-SNR γ (None for no weighting), checked."""
-        prediction_type = _prediction_type(self.prediction_type)
+        prediction_type = canonical_prediction_type(self.prediction_type)
         _checks.check_choice(self.loss_weighting, "loss_weighting", LOSS_WEIGHTINGS)
         if self.loss_weighting == "none":
             return prediction_type, None
-        gamma, value = _scalar(self.min_snr_gamma, "min_snr_gamma")
-        if value is not None and not value > 0:
-            raise ValueError(f"min_snr_gamma must be > 0, got {value}")
-        return prediction_type, gamma
+        return prediction_type, positive_scalar(self.min_snr_gamma, "min_snr_gamma")
 
     def __call__(self, x_t: ArrayLike, t: ArrayLike) -> Array:
         """The denoiser's prediction ``[B, ...]`` from ``x_t`` ``[B, ...]`` at timesteps ``t``."""
@@ -171,9 +161,12 @@ class DiffusionModel(nn.Module):
         key_t, key_eps = jax.random.split(key)
         t = jax.random.randint(key_t, x0.shape[:1], 0, schedule.num_timesteps, jnp.int32)
         noise = jax.random.normal(key_eps, x0.shape, x0.dtype)
-        x_t = q_sample(schedule, x0, t, noise)
-        return diffusion_loss(schedule, self(x_t, t), x0, noise, t, prediction_type,
-                              min_snr_gamma=gamma)
+        x_t = kernels.q_sample(schedule, x0, t, noise)
+        # The arrays are checked once, here: x0 above, the denoiser's output below.
+        out, x0, noise = _checks.as_floats((self(x_t, t), "model_output"), (x0, "x0"),
+                                           (noise, "noise"))
+        _checks.check_same_shape(out, x0, "model_output", "x0")
+        return kernels.diffusion_loss(schedule, out, x0, noise, t, gamma, prediction_type)
 
     def sample(self, key: Array, shape: Sequence[int] | None = None, *, sampler: str = "ddpm",
                num_inference_steps: int | None = None, eta: ArrayLike = 0.0,

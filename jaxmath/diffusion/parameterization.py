@@ -12,12 +12,16 @@ are diffusers' ``prediction_type`` values: ``"epsilon"``, ``"sample"`` (:math:`x
 
 from __future__ import annotations
 
-from functools import partial
-
 import jax
 
 from jaxmath import _checks
-from jaxmath.diffusion.schedules import NoiseSchedule, _aligned, _timesteps
+from jaxmath.diffusion import _kernels as kernels
+from jaxmath.diffusion._arguments import (
+    PREDICTION_TYPES,
+    canonical_prediction_type,
+    check_timesteps,
+)
+from jaxmath.diffusion.schedules import NoiseSchedule
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -29,44 +33,6 @@ __all__ = [
     "prediction_target",
     "velocity",
 ]
-
-PREDICTION_TYPES = ("epsilon", "sample", "v_prediction")
-_ALIASES = {"eps": "epsilon", "x0": "sample", "v": "v_prediction"}
-
-
-def _prediction_type(name: str, arg: str = "prediction_type") -> str:
-    """The canonical name of a prediction type; ValueError listing the valid ones."""
-    canonical = _ALIASES.get(name, name) if isinstance(name, str) else name
-    if canonical not in PREDICTION_TYPES:
-        raise ValueError(f"{arg} must be one of {PREDICTION_TYPES!r} (or the aliases "
-                         f"{tuple(_ALIASES)!r}), got {name!r}")
-    return canonical
-
-
-def _coefs(schedule: NoiseSchedule, t: jax.Array, x: jax.Array) -> tuple[jax.Array, jax.Array]:
-    r""":math:`\sqrt{\bar\alpha_t}` and :math:`\sqrt{1 - \bar\alpha_t}`, aligned with ``x``."""
-    return (_aligned(schedule.sqrt_alpha_bars[t], x),
-            _aligned(schedule.sqrt_one_minus_alpha_bars[t], x))
-
-
-def _x0_and_eps(a: jax.Array, s: jax.Array, out: jax.Array, x_t: jax.Array,
-                prediction_type: str) -> tuple[jax.Array, jax.Array]:
-    r""":math:`(\hat x_0, \hat\epsilon)` from a model output, with :math:`a^2 + s^2 = 1`."""
-    if prediction_type == "epsilon":
-        return (x_t - s * out) / a, out
-    if prediction_type == "sample":
-        return out, (x_t - a * out) / s
-    return a * x_t - s * out, a * out + s * x_t  # v_prediction
-
-
-def _target(a: jax.Array, s: jax.Array, x0: jax.Array, eps: jax.Array,
-            prediction_type: str) -> jax.Array:
-    """What a model of ``prediction_type`` predicts, given :math:`x_0` and :math:`\\epsilon`."""
-    if prediction_type == "epsilon":
-        return eps
-    if prediction_type == "sample":
-        return x0
-    return a * eps - s * x0  # v_prediction
 
 
 def prediction_target(schedule: NoiseSchedule, x0: ArrayLike, noise: ArrayLike,
@@ -100,18 +66,11 @@ def prediction_target(schedule: NoiseSchedule, x0: ArrayLike, noise: ArrayLike,
       >>> prediction_target(s, jnp.array([1.0]), jnp.array([2.0]), 0, "v_prediction")
       Array([1.], dtype=float32)
     """
-    prediction_type = _prediction_type(prediction_type)
+    prediction_type = canonical_prediction_type(prediction_type)
     x0, noise = _checks.as_floats((x0, "x0"), (noise, "noise"))
     _checks.check_same_shape(noise, x0, "noise", "x0")
-    t = _timesteps(schedule, t, x0, x_name="x0", validate=validate)
-    return _prediction_target(schedule, x0, noise, t, prediction_type)
-
-
-@partial(jax.jit, static_argnums=4)
-def _prediction_target(schedule: NoiseSchedule, x0: jax.Array, noise: jax.Array,
-                       t: jax.Array, prediction_type: str) -> jax.Array:
-    a, s = _coefs(schedule, t, x0)
-    return _target(a, s, x0, noise, prediction_type)
+    t = check_timesteps(schedule, t, x0, x_name="x0", validate=validate)
+    return kernels.prediction_target(schedule, x0, noise, t, prediction_type)
 
 
 def velocity(schedule: NoiseSchedule, x0: ArrayLike, noise: ArrayLike, t: ArrayLike, *,
@@ -180,20 +139,12 @@ def convert_prediction(schedule: NoiseSchedule, model_output: ArrayLike, x_t: Ar
       >>> convert_prediction(s, jnp.array([2.0]), jnp.array([2.0]), 0, "epsilon", "sample")
       Array([1.], dtype=float32)
     """
-    from_type, to_type = _prediction_type(from_type, "from_type"), _prediction_type(
-        to_type, "to_type")
+    from_type = canonical_prediction_type(from_type, "from_type")
+    to_type = canonical_prediction_type(to_type, "to_type")
     out, x_t = _checks.as_floats((model_output, "model_output"), (x_t, "x_t"))
     _checks.check_same_shape(out, x_t, "model_output", "x_t")
-    t = _timesteps(schedule, t, x_t, validate=validate)
-    return _convert(schedule, out, x_t, t, from_type, to_type)
-
-
-@partial(jax.jit, static_argnums=(4, 5))
-def _convert(schedule: NoiseSchedule, out: jax.Array, x_t: jax.Array, t: jax.Array,
-             from_type: str, to_type: str) -> jax.Array:
-    a, s = _coefs(schedule, t, x_t)
-    x0, eps = _x0_and_eps(a, s, out, x_t, from_type)
-    return _target(a, s, x0, eps, to_type)
+    t = check_timesteps(schedule, t, x_t, validate=validate)
+    return kernels.convert_prediction(schedule, out, x_t, t, from_type, to_type)
 
 
 def predict_x0(schedule: NoiseSchedule, model_output: ArrayLike, x_t: ArrayLike,

@@ -16,11 +16,11 @@ traced ``t`` are checked with ``validate=True`` through ``checkify``.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from jaxmath import _checks
-from jaxmath.diffusion.forward import forward_diffuse
-from jaxmath.diffusion.schedules import NoiseSchedule, _aligned, _timesteps
+from jaxmath.diffusion import _kernels as kernels
+from jaxmath.diffusion._arguments import check_timesteps
+from jaxmath.diffusion.schedules import NoiseSchedule
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -63,14 +63,8 @@ def q_sample(schedule: NoiseSchedule, x0: ArrayLike, t: ArrayLike, noise: ArrayL
     """
     x0, noise = _checks.as_floats((x0, "x0"), (noise, "noise"))
     _checks.check_same_shape(noise, x0, "noise", "x0")
-    t = _timesteps(schedule, t, x0, x_name="x0", validate=validate)
-    return _q_sample(schedule, x0, t, noise)
-
-
-@jax.jit
-def _q_sample(schedule: NoiseSchedule, x0: jax.Array, t: jax.Array,
-              noise: jax.Array) -> jax.Array:
-    return forward_diffuse(x0, _aligned(schedule.alpha_bars[t], x0), noise)
+    t = check_timesteps(schedule, t, x0, x_name="x0", validate=validate)
+    return kernels.q_sample(schedule, x0, t, noise)
 
 
 def q_posterior(schedule: NoiseSchedule, x0: ArrayLike, x_t: ArrayLike, t: ArrayLike, *,
@@ -110,19 +104,8 @@ def q_posterior(schedule: NoiseSchedule, x0: ArrayLike, x_t: ArrayLike, t: Array
     """
     x0, x_t = _checks.as_floats((x0, "x0"), (x_t, "x_t"))
     _checks.check_same_shape(x0, x_t, "x0", "x_t")
-    t = _timesteps(schedule, t, x_t, validate=validate)
-    return _q_posterior(schedule, x0, x_t, t)
-
-
-@jax.jit
-def _q_posterior(schedule: NoiseSchedule, x0: jax.Array, x_t: jax.Array,
-                 t: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
-    mean = (_aligned(schedule.posterior_mean_coef1[t], x_t) * x0
-            + _aligned(schedule.posterior_mean_coef2[t], x_t) * x_t)
-    variance = jnp.broadcast_to(_aligned(schedule.posterior_variance[t], x_t), x_t.shape)
-    log_variance = jnp.broadcast_to(
-        _aligned(schedule.posterior_log_variance_clipped[t], x_t), x_t.shape)
-    return mean, variance, log_variance
+    t = check_timesteps(schedule, t, x_t, validate=validate)
+    return kernels.q_posterior(schedule, x0, x_t, t)
 
 
 def snr(schedule: NoiseSchedule, t: ArrayLike, *, validate: bool = False) -> jax.Array:
@@ -144,5 +127,5 @@ def snr(schedule: NoiseSchedule, t: ArrayLike, *, validate: bool = False) -> jax
       >>> snr(from_betas(jnp.array([0.5, 0.5])), jnp.array([0, 1]))
       Array([1.        , 0.33333334], dtype=float32)
     """
-    t = _timesteps(schedule, t, None, validate=validate)
+    t = check_timesteps(schedule, t, None, validate=validate)
     return schedule.snr[t]

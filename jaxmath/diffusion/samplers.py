@@ -21,22 +21,21 @@ for the first, noisiest step) is ``normal(fold_in(key, i + 1), shape)``; a sampl
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from functools import partial
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from jaxmath import _checks
-from jaxmath.diffusion.parameterization import _coefs, _prediction_type, _x0_and_eps
-from jaxmath.diffusion.process import _q_posterior
-from jaxmath.diffusion.schedules import (
-    NoiseSchedule,
-    _aligned,
-    _scalar,
-    _static_int,
-    _timesteps,
+from jaxmath.diffusion import _kernels as kernels
+from jaxmath.diffusion._arguments import (
+    STATIC,
+    canonical_prediction_type,
+    check_timesteps,
+    positive_scalar,
+    scalar_and_value,
 )
+from jaxmath.diffusion.schedules import NoiseSchedule
 
 ArrayLike = jax.typing.ArrayLike
 DTypeLike = jax.typing.DTypeLike
@@ -56,20 +55,30 @@ VARIANCE_TYPES = ("fixed_small", "fixed_large")
 TIMESTEP_SPACINGS = ("leading", "trailing", "linspace")
 
 
+def _check_bool(value: object, name: str) -> bool:
+    if not isinstance(value, bool):
+        raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+    return value
+
+
 def _clip_range(clip_sample: bool, clip_sample_range: ArrayLike) -> jax.Array | None:
     """The clip bound :math:`r` (None for no clipping), checked."""
-    if not isinstance(clip_sample, bool):
-        raise TypeError(f"clip_sample must be a bool, got {type(clip_sample).__name__}")
-    if not clip_sample:
+    if not _check_bool(clip_sample, "clip_sample"):
         return None
-    r, value = _scalar(clip_sample_range, "clip_sample_range")
-    if value is not None and not value > 0:
-        raise ValueError(f"clip_sample_range must be > 0, got {value}")
-    return r
+    return positive_scalar(clip_sample_range, "clip_sample_range")
 
 
-def _clip(x0: jax.Array, r: jax.Array | None) -> jax.Array:
-    return x0 if r is None else jnp.clip(x0, -r.astype(x0.dtype), r.astype(x0.dtype))
+def _eta(eta: ArrayLike, noise_given: bool) -> tuple[jax.Array, float | None]:
+    r"""DDIM's :math:`\eta` and its value when known, checked to lie in [0, 1] and to come
+    with noise when it is > 0."""
+    eta, value = scalar_and_value(eta, "eta")
+    if value is not None:
+        if not 0 <= value <= 1:
+            raise ValueError(f"eta must lie in [0, 1], got {value}")
+        if value > 0 and not noise_given:
+            raise ValueError("noise is required when eta > 0 (draw it with "
+                             "jax.random.normal(key, x_t.shape))")
+    return eta, value
 
 
 def _noise(noise: ArrayLike | None, x_t: jax.Array) -> jax.Array | None:
@@ -79,10 +88,6 @@ def _noise(noise: ArrayLike | None, x_t: jax.Array) -> jax.Array | None:
     noise = _checks.as_float(noise, "noise")
     _checks.check_same_shape(noise, x_t, "noise", "x_t")
     return noise.astype(x_t.dtype)
-
-
-def _plus_noise(x: jax.Array, std: jax.Array, noise: jax.Array | None) -> jax.Array:
-    return x if noise is None else x + std * noise
 
 
 def ddpm_step(schedule: NoiseSchedule, model_output: ArrayLike, x_t: ArrayLike,
@@ -134,25 +139,14 @@ def ddpm_step(schedule: NoiseSchedule, model_output: ArrayLike, x_t: ArrayLike,
       >>> x_prev  # at t = 0 the step returns the x0 prediction
       Array([[1.00005, 1.00005]], dtype=float32)
     """
-    prediction_type = _prediction_type(prediction_type)
+    prediction_type = canonical_prediction_type(prediction_type)
     _checks.check_choice(variance_type, "variance_type", VARIANCE_TYPES)
     out, x_t = _checks.as_floats((model_output, "model_output"), (x_t, "x_t"))
     _checks.check_same_shape(out, x_t, "model_output", "x_t")
-    t = _timesteps(schedule, t, x_t, validate=validate)
-    return _ddpm_step(schedule, out, x_t, t, _noise(noise, x_t),
-                      _clip_range(clip_sample, clip_sample_range), prediction_type,
-                      variance_type)
-
-
-@partial(jax.jit, static_argnums=(6, 7))
-def _ddpm_step(schedule: NoiseSchedule, out: jax.Array, x_t: jax.Array, t: jax.Array,
-               noise: jax.Array | None, clip: jax.Array | None, prediction_type: str,
-               variance_type: str) -> tuple[jax.Array, jax.Array]:
-    x0 = _clip(_x0_and_eps(*_coefs(schedule, t, x_t), out, x_t, prediction_type)[0], clip)
-    mean, _, _ = _q_posterior(schedule, x0, x_t, t)
-    variances = schedule.posterior_variance if variance_type == "fixed_small" else schedule.betas
-    std = _aligned(jnp.where(t > 0, jnp.sqrt(variances[t]), 0), x_t)
-    return _plus_noise(mean, std, noise), x0
+    t = check_timesteps(schedule, t, x_t, validate=validate)
+    return kernels.ddpm_step(schedule, out, x_t, t, _noise(noise, x_t),
+                             _clip_range(clip_sample, clip_sample_range), prediction_type,
+                             variance_type)
 
 
 def ddim_step(schedule: NoiseSchedule, model_output: ArrayLike, x_t: ArrayLike,
@@ -209,45 +203,17 @@ def ddim_step(schedule: NoiseSchedule, model_output: ArrayLike, x_t: ArrayLike,
       >>> x_prev  # the final step lands on the x0 prediction
       Array([[1.0171, 1.0171]], dtype=float32)
     """
-    prediction_type = _prediction_type(prediction_type)
+    prediction_type = canonical_prediction_type(prediction_type)
     out, x_t = _checks.as_floats((model_output, "model_output"), (x_t, "x_t"))
     _checks.check_same_shape(out, x_t, "model_output", "x_t")
-    t = _timesteps(schedule, t, x_t, validate=validate)
-    t_prev = _timesteps(schedule, t_prev, x_t, name="t_prev", validate=validate, lowest=-1)
-    eta, value = _scalar(eta, "eta")
-    if value is not None:
-        if not 0 <= value <= 1:
-            raise ValueError(f"eta must lie in [0, 1], got {value}")
-        if value > 0 and noise is None:
-            raise ValueError("noise is required when eta > 0 (draw it with "
-                             "jax.random.normal(key, x_t.shape))")
-    if not isinstance(set_alpha_to_one, bool):
-        raise TypeError(f"set_alpha_to_one must be a bool, got {type(set_alpha_to_one).__name__}")
-    return _ddim_step(schedule, out, x_t, t, t_prev, _noise(noise, x_t), eta,
-                      _clip_range(clip_sample, clip_sample_range), prediction_type,
-                      set_alpha_to_one)
-
-
-@partial(jax.jit, static_argnums=(8, 9))
-def _ddim_step(schedule: NoiseSchedule, out: jax.Array, x_t: jax.Array, t: jax.Array,
-               t_prev: jax.Array, noise: jax.Array | None, eta: jax.Array,
-               clip: jax.Array | None, prediction_type: str,
-               set_alpha_to_one: bool) -> tuple[jax.Array, jax.Array]:
-    # Everything from log(alpha_bar): 1 - alpha_bar and 1 - alpha_bar_t / alpha_bar_prev
-    # through expm1, free of cancellation for small steps. Index 0 holds the final value.
-    final = jnp.zeros((1,), schedule.log_alpha_bars.dtype) if set_alpha_to_one else (
-        schedule.log_alpha_bars[:1])
-    log_ab = jnp.concatenate([final, schedule.log_alpha_bars])
-    log_ab_t, log_ab_prev = log_ab[t + 1], log_ab[t_prev + 1]
-    variance = jnp.maximum(jnp.expm1(log_ab_prev) / jnp.expm1(log_ab_t)
-                           * -jnp.expm1(log_ab_t - log_ab_prev), 0)
-    sigma = _aligned(eta * jnp.sqrt(variance), x_t)
-    x0, eps = _x0_and_eps(*_coefs(schedule, t, x_t), out, x_t, prediction_type)
-    x0 = _clip(x0, clip)
-    a_prev = _aligned(jnp.exp(0.5 * log_ab_prev), x_t)
-    direction = jnp.sqrt(jnp.maximum(_aligned(-jnp.expm1(log_ab_prev), x_t)
-                                     - jnp.square(sigma), 0)) * eps
-    return _plus_noise(a_prev * x0 + direction, sigma, noise), x0
+    t = check_timesteps(schedule, t, x_t, validate=validate)
+    t_prev = check_timesteps(schedule, t_prev, x_t, name="t_prev", validate=validate,
+                             lowest=-1)
+    eta, _ = _eta(eta, noise_given=noise is not None)
+    _check_bool(set_alpha_to_one, "set_alpha_to_one")
+    return kernels.ddim_step(schedule, out, x_t, t, t_prev, _noise(noise, x_t), eta,
+                             _clip_range(clip_sample, clip_sample_range), prediction_type,
+                             set_alpha_to_one)
 
 
 def ddim_timesteps(num_train_timesteps: int, num_inference_steps: int,
@@ -300,9 +266,9 @@ def ddim_timesteps(num_train_timesteps: int, num_inference_steps: int,
       >>> ddim_timesteps(1000, 4, "linspace")
       array([999, 666, 333,   0])
     """
-    T = _static_int(num_train_timesteps, "num_train_timesteps")
-    n = _static_int(num_inference_steps, "num_inference_steps")
-    offset = _static_int(steps_offset, "steps_offset", minimum=0)
+    T = _checks.check_int(num_train_timesteps, "num_train_timesteps", 1, static=STATIC)
+    n = _checks.check_int(num_inference_steps, "num_inference_steps", 1, static=STATIC)
+    offset = _checks.check_int(steps_offset, "steps_offset", 0, static=STATIC)
     _checks.check_choice(timestep_spacing, "timestep_spacing", TIMESTEP_SPACINGS)
     if n > T:
         raise ValueError(f"num_inference_steps must be <= num_train_timesteps = {T} (a model "
@@ -330,7 +296,7 @@ def _initial_noise(key: jax.Array, shape: Sequence[int] | None, x_T: ArrayLike |
     elif shape is None:
         raise ValueError("shape [B, ...] is required when x_T is not given")
     else:
-        shape = tuple(_static_int(d, "shape entries", minimum=1) for d in shape)
+        shape = tuple(_checks.check_int(d, "shape entries", 1, static=STATIC) for d in shape)
         dtype = schedule.betas.dtype if dtype is None else jnp.dtype(dtype)
         if not jnp.issubdtype(dtype, jnp.floating):
             raise TypeError(f"dtype must be a floating dtype, got {dtype}")
@@ -339,12 +305,15 @@ def _initial_noise(key: jax.Array, shape: Sequence[int] | None, x_T: ArrayLike |
     return x
 
 
-def _model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array) -> jax.Array:
+def _model_output(model_fn: ModelFn, x: jax.Array, t: jax.Array
+                  ) -> tuple[jax.Array, jax.Array]:
+    """``model_fn``'s output at ``x`` and the scalar timestep ``t``, checked to be shaped
+    like ``x``, and ``x``, both in their promoted dtype."""
     out = model_fn(x, jnp.full((x.shape[0],), t, jnp.int32))
     if jnp.shape(out) != x.shape:
         raise ValueError(f"model_fn must return an array shaped like x_t {tuple(x.shape)}, "
                          f"got {jnp.shape(out)}")
-    return out
+    return _checks.as_floats((out, "model_output"), (x, "x_t"))
 
 
 def ddpm_sample(model_fn: ModelFn, schedule: NoiseSchedule, key: jax.Array,
@@ -390,17 +359,18 @@ def ddpm_sample(model_fn: ModelFn, schedule: NoiseSchedule, key: jax.Array,
       >>> ddpm_sample(oracle, cosine_schedule(20), jax.random.key(0), (3, 2)).shape
       (3, 2)
     """
-    _prediction_type(prediction_type)
+    prediction_type = canonical_prediction_type(prediction_type)
     _checks.check_choice(variance_type, "variance_type", VARIANCE_TYPES)
+    clip = _clip_range(clip_sample, clip_sample_range)
     x = _initial_noise(key, shape, x_T, dtype, schedule)
     T = schedule.num_timesteps
 
     def body(x: jax.Array, i: jax.Array) -> tuple[jax.Array, None]:
         t = T - 1 - i
+        out, x_t = _model_output(model_fn, x, t)
         z = jax.random.normal(jax.random.fold_in(key, i + 1), x.shape, x.dtype)
-        x_prev, _ = ddpm_step(schedule, _model_output(model_fn, x, t), x, t, z,
-                              prediction_type=prediction_type, variance_type=variance_type,
-                              clip_sample=clip_sample, clip_sample_range=clip_sample_range)
+        x_prev, _ = kernels.ddpm_step(schedule, out, x_t, t, z.astype(x_t.dtype), clip,
+                                      prediction_type, variance_type)
         return x_prev.astype(x.dtype), None
 
     x, _ = jax.lax.scan(body, x, jnp.arange(T, dtype=jnp.int32))
@@ -460,10 +430,13 @@ def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, key: jax.Array,
       >>> bool(jnp.array_equal(a, b))  # eta = 0: deterministic given x_T
       True
     """
-    _prediction_type(prediction_type)
+    prediction_type = canonical_prediction_type(prediction_type)
     timesteps = ddim_timesteps(schedule.num_timesteps, num_inference_steps, timestep_spacing,
                                steps_offset)
-    stochastic = _scalar(eta, "eta")[1] != 0  # a traced eta (None) may be > 0
+    eta, value = _eta(eta, noise_given=True)  # the loop draws noise whenever eta may be > 0
+    stochastic = value != 0  # a traced eta (None) may be > 0
+    _check_bool(set_alpha_to_one, "set_alpha_to_one")
+    clip = _clip_range(clip_sample, clip_sample_range)
     x = _initial_noise(key, shape, x_T, dtype, schedule)
     steps = (jnp.arange(len(timesteps), dtype=jnp.int32),
              jnp.asarray(timesteps, jnp.int32),
@@ -471,12 +444,11 @@ def ddim_sample(model_fn: ModelFn, schedule: NoiseSchedule, key: jax.Array,
 
     def body(x: jax.Array, step: tuple[jax.Array, ...]) -> tuple[jax.Array, None]:
         i, t, t_prev = step
+        out, x_t = _model_output(model_fn, x, t)
         z = (jax.random.normal(jax.random.fold_in(key, i + 1), x.shape, x.dtype)
-             if stochastic else None)
-        x_prev, _ = ddim_step(schedule, _model_output(model_fn, x, t), x, t, t_prev, z,
-                              eta=eta, prediction_type=prediction_type,
-                              clip_sample=clip_sample, clip_sample_range=clip_sample_range,
-                              set_alpha_to_one=set_alpha_to_one)
+             .astype(x_t.dtype) if stochastic else None)
+        x_prev, _ = kernels.ddim_step(schedule, out, x_t, t, t_prev, z, eta, clip,
+                                      prediction_type, set_alpha_to_one)
         return x_prev.astype(x.dtype), None
 
     x, _ = jax.lax.scan(body, x, steps)

@@ -29,6 +29,7 @@ import numpy as np
 from flax import struct
 
 from jaxmath import _checks
+from jaxmath.diffusion._arguments import STATIC
 
 ArrayLike = jax.typing.ArrayLike
 DTypeLike = jax.typing.DTypeLike
@@ -121,7 +122,7 @@ def from_betas(betas: ArrayLike, *, validate: bool = False) -> NoiseSchedule:
       >>> s.posterior_variance
       Array([0.    , 0.0909], dtype=float32)
     """
-    known = not isinstance(betas, jax.core.Tracer)  # before conversion, which traces in jit
+    known = not _checks.is_tracer(betas)  # before conversion, which traces in jit
     values = np.asarray(betas) if known else None
     betas = _checks.as_float(betas, "betas")
     _checks.check_ndim(betas, "betas", 1)
@@ -164,27 +165,6 @@ def _derive(betas: jax.Array) -> NoiseSchedule:
     )
 
 
-def _static_int(value: object, name: str, minimum: int = 1) -> int:
-    """``value`` as a Python int >= ``minimum``: it fixes shapes or loop lengths (static)."""
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be a Python int (a static value: it fixes array "
-                        f"shapes), got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
-def _scalar(x: ArrayLike, name: str) -> tuple[jax.Array, float | None]:
-    """A float scalar and its value when known at trace time (None for a tracer).
-
-    The value is read from ``x`` itself: a Python float becomes a tracer once converted
-    inside ``jax.jit``, but it is still known, and still checked.
-    """
-    arr = _checks.as_float(x, name)
-    _checks.check_ndim(arr, name, 0)
-    return arr, None if isinstance(x, jax.core.Tracer) else float(np.asarray(x))
-
-
 def _dtype(dtype: DTypeLike | None) -> jnp.dtype:
     dtype = jnp.dtype(jnp.result_type(float) if dtype is None else dtype)
     if not jnp.issubdtype(dtype, jnp.floating):
@@ -218,7 +198,7 @@ def linear_schedule(num_timesteps: int, beta_start: ArrayLike = 1e-4,
       >>> linear_schedule(5).betas
       Array([0.0001  , 0.005075, 0.01005 , 0.015025, 0.02    ], dtype=float32)
     """
-    T = _static_int(num_timesteps, "num_timesteps")
+    T = _checks.check_int(num_timesteps, "num_timesteps", 1, static=STATIC)
     return from_betas(_linear(T, _dtype(dtype), beta_start, beta_end))
 
 
@@ -256,7 +236,7 @@ def scaled_linear_schedule(num_timesteps: int, beta_start: ArrayLike = 1e-4,
       >>> scaled_linear_schedule(3, 0.00085, 0.012).betas
       Array([0.00085   , 0.00480937, 0.012     ], dtype=float32)
     """
-    T = _static_int(num_timesteps, "num_timesteps")
+    T = _checks.check_int(num_timesteps, "num_timesteps", 1, static=STATIC)
     return from_betas(_scaled_linear(T, _dtype(dtype), beta_start, beta_end))
 
 
@@ -298,7 +278,7 @@ def cosine_schedule(num_timesteps: int, s: ArrayLike = 0.008, max_beta: ArrayLik
       >>> print(f"{float(s.betas[0]):.4e} {float(s.betas[-1]):.4f}")
       4.1284e-05 0.9990
     """
-    T = _static_int(num_timesteps, "num_timesteps")
+    T = _checks.check_int(num_timesteps, "num_timesteps", 1, static=STATIC)
     return from_betas(_cosine(T, _dtype(dtype), s, max_beta))
 
 
@@ -338,7 +318,7 @@ def sigmoid_schedule(num_timesteps: int, beta_start: ArrayLike = 1e-4,
       >>> sigmoid_schedule(3).betas
       Array([0.00014921, 0.01005   , 0.0199508 ], dtype=float32)
     """
-    T = _static_int(num_timesteps, "num_timesteps")
+    T = _checks.check_int(num_timesteps, "num_timesteps", 1, static=STATIC)
     return from_betas(_sigmoid(T, _dtype(dtype), beta_start, beta_end))
 
 
@@ -383,33 +363,3 @@ def make_schedule(name: str, num_timesteps: int, **kwargs) -> NoiseSchedule:
     """
     _checks.check_choice(name, "schedule name", tuple(SCHEDULES))
     return SCHEDULES[name](num_timesteps, **kwargs)
-
-
-def _timesteps(schedule: NoiseSchedule, t: ArrayLike, x: jax.Array | None, *, name: str = "t",
-               x_name: str = "x_t", validate: bool = False, lowest: int = 0) -> jax.Array:
-    """Integer timesteps: a scalar or ``[B]`` for ``x`` ``[B, ...]`` (if given), in ``[lowest, T)``.
-
-    Concrete values are always checked; traced ones only with ``validate`` (checkify).
-    Unchecked traced values outside the range are clamped by the gather (JAX's rule).
-    """
-    values = None if isinstance(t, jax.core.Tracer) else np.asarray(t)  # known at trace time
-    t = jnp.asarray(t)
-    _checks.check_integer(t, name)
-    _checks.check_ndim(t, name, (0, 1))
-    if x is not None and t.ndim == 1 and (x.ndim == 0 or t.shape[0] not in (1, x.shape[0])):
-        raise ValueError(
-            f"{name} must be a scalar or have shape [B] for {x_name} of shape [B, ...], got "
-            f"{name}.shape={tuple(t.shape)} and {x_name}.shape={tuple(x.shape)}")
-    T = schedule.num_timesteps
-    message = f"{name} must lie in [{lowest}, {T}) for a schedule of {T} timesteps"
-    if values is not None:
-        if values.size and (values.min() < lowest or values.max() >= T):
-            raise ValueError(f"{message}, got values from {values.min()} to {values.max()}")
-    elif validate:
-        _checks.check_values((t >= lowest) & (t < T), message)
-    return t
-
-
-def _aligned(coef: jax.Array, x: jax.Array) -> jax.Array:
-    """A per-example coefficient (scalar or ``[B]``) in ``x``'s dtype, shaped to broadcast."""
-    return coef.astype(x.dtype).reshape(coef.shape + (1,) * (x.ndim - coef.ndim))
