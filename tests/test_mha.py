@@ -1,5 +1,6 @@
 """MultiHeadAttention against flax.linen, torch.nn.MultiheadAttention and a NumPy reference."""
 
+import functools
 import math
 
 import flax.linen as nn
@@ -221,6 +222,36 @@ def test_implementations_agree():
 
 # --------------------------------------------------------------------------- dropout
 
+@pytest.mark.parametrize("impl,broadcast", [("xla", False), ("blockwise", True),
+                                            ("pallas", False)])
+def test_dropout_matches_flax_on_every_implementation(impl, broadcast):
+    """Cross-attention with a mask and dropout: the same outputs and parameter gradients
+    as flax's layer with the same 'dropout' rng, whichever path runs (Pallas interpreted;
+    the default path: test_matches_flax_multi_head_dot_product_attention)."""
+    x, kv = _x(0, B, L, D), _x(1, B, L + 3, 10)
+    mask = np.random.default_rng(2).uniform(size=(B, 1, L, L + 3)) < 0.6
+    mask[..., 0] = True
+    kw = dict(num_heads=H, qkv_features=2 * H, out_features=12, dropout_rate=0.4,
+              broadcast_dropout=broadcast, deterministic=False)
+    model = MultiHeadAttention(**kw, implementation=impl)
+    ref = nn.MultiHeadDotProductAttention(**kw)
+    params = _params(model, x, kv)
+    rngs = {"dropout": jax.random.key(3)}
+
+    @jax.jit
+    def run(params):
+        def loss(module, p):
+            out = module.apply({"params": p}, x, kv, mask=mask, rngs=rngs)
+            return jnp.sum(jnp.cos(out)), out
+        return [jax.value_and_grad(functools.partial(loss, m), has_aux=True)(params)
+                for m in (model, ref)]
+
+    ((_, out), grads), ((_, expected), flax_grads) = run(params)
+    np.testing.assert_allclose(out, expected, rtol=F32_LOOSE, atol=F32_LOOSE)
+    for g, r in zip(jax.tree.leaves(grads), jax.tree.leaves(flax_grads), strict=True):
+        np.testing.assert_allclose(g, r, rtol=F32_LOOSE, atol=F32_LOOSE)
+
+
 def test_dropout_deterministic_and_rng():
     x = _x(0, B, L, D)
     model = MultiHeadAttention(H, dropout_rate=0.5)
@@ -300,7 +331,10 @@ BAD_INPUTS = [
     (lambda: _call(mask=np.ones((3, L, L), bool)), ValueError, r"mask"),
     (lambda: _call(mask=np.ones((L, L))), TypeError, r"mask must be boolean"),
     (lambda: _call(mask=np.ones((3, L, L), bool), dropout_rate=0.1, deterministic=False),
-     ValueError, r"mask must broadcast to the scores \[..., H, Lq, Lk\] = \(2, 4, 6, 6\)"),
+     ValueError, r"the scores \[..., H, Lq, Lk\] and mask do not broadcast: scores=\(2, 4, 6, 6\)"),
+    (lambda: _call(dropout_rate=0.1, deterministic=False, implementation="cudnn"), ValueError,
+     r"implementation='cudnn' cannot run this call: .* no attention dropout"),
+    (lambda: _call(dropout_rate="0.1"), TypeError, r"dropout_rate must be a Python number"),
     (lambda: _call(x=np.ones(D)), ValueError, r"inputs_q must have rank >= 2"),
     (lambda: _call(x=X + 1j), TypeError, r"inputs_q must be real"),
     (lambda: _call(kv=np.ones((B, L)), decode=True), ValueError, r"inputs_kv must be None"),

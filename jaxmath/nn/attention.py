@@ -190,7 +190,7 @@ def _check_options(q, k, v, mask, bias, key_lengths, is_causal, scale, implement
             _blocks(block_size, implementation), precision)
 
 
-def check_dropout_rate(rate: object) -> float:
+def _check_dropout_rate(rate: object) -> float:
     """``rate`` as a float in [0, 1); TypeError for a traced or non-numeric rate."""
     if _checks.is_tracer(rate) or isinstance(rate, bool) or not isinstance(
             rate, numbers.Real):
@@ -205,7 +205,7 @@ def _check_dropout(rate: object, rng: object, broadcast: object,
                    need_rng: bool = True) -> tuple[float, bool] | None:
     """``(rate, broadcast)`` of attention dropout, or None when the rate is 0 (the plain
     call, whatever ``rng`` is)."""
-    rate = check_dropout_rate(rate)
+    rate = _check_dropout_rate(rate)
     if not isinstance(broadcast, bool | np.bool_):
         raise TypeError(f"broadcast_dropout must be a Python bool, got "
                         f"{type(broadcast).__name__}")

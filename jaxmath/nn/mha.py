@@ -20,67 +20,22 @@ so its checkpoints load unchanged when ``H_kv = H``.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
 from jaxmath import _checks
-from jaxmath.nn.attention import IMPLEMENTATIONS, multi_head_attention
-from jaxmath.nn.softmax import softmax
+from jaxmath.nn.attention import IMPLEMENTATIONS, _check_dropout_rate, multi_head_attention
 
 Array = jax.Array
 Dtype = Any
 Initializer = Callable[..., Array]
 
 QK_NORMS = ("layernorm", "rmsnorm")
-
-
-def _positive_int(value: object, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{name} must be >= 1, got {value}")
-    return value
-
-
-def _dropout_attention(q: Array, k: Array, v: Array, keep: Array | None, rate: float,
-                       rng: Array, broadcast: bool, precision: lax.PrecisionLike) -> Array:
-    r"""Reference attention with dropout on the weights, as flax.linen.dot_product_attention.
-
-    ``q`` is ``[..., Lq, H, d]``, ``k, v`` are ``[..., Lk, H_kv, d]``; ``keep`` is a
-    boolean mask broadcastable to ``[..., H, Lq, Lk]``. The weights
-    :math:`P = \mathrm{softmax}(QK^T/\sqrt{d})` (zeros on fully masked rows) are
-    multiplied by :math:`M / (1 - p)` with :math:`M \sim \mathrm{Bernoulli}(1 - p)`,
-    drawn once per ``[Lq, Lk]`` and shared by batch and heads if ``broadcast``.
-    """
-    h, h_kv, lq, lk = q.shape[-2], k.shape[-2], q.shape[-3], k.shape[-3]
-    g = h // h_kv
-    f32 = jnp.promote_types(q.dtype, jnp.float32)
-    q_g = q.reshape(*q.shape[:-2], h_kv, g, q.shape[-1])
-    logits = jnp.einsum("...qhgd,...khd->...hgqk", q_g, k, preferred_element_type=f32,
-                        precision=precision)
-    logits = logits.reshape(*logits.shape[:-4], h, lq, lk) / math.sqrt(q.shape[-1])
-    if keep is not None:
-        try:
-            shape = np.broadcast_shapes(logits.shape, keep.shape)
-        except ValueError:
-            raise ValueError(f"mask must broadcast to the scores [..., H, Lq, Lk] = "
-                             f"{tuple(logits.shape)}, got mask.shape={tuple(keep.shape)}") from None
-        logits = jnp.broadcast_to(logits, shape)
-    probs = softmax(logits, axis=-1, where=keep)
-    shape = (1,) * (probs.ndim - 2) + probs.shape[-2:] if broadcast else probs.shape
-    drop = jax.random.bernoulli(rng, 1.0 - rate, shape)
-    probs = jnp.where(drop, probs / (1.0 - rate), 0.0).astype(v.dtype)
-    probs = probs.reshape(*probs.shape[:-3], h_kv, g, lq, lk)
-    out = jnp.einsum("...hgqk,...khd->...qhgd", probs, v, preferred_element_type=f32,
-                     precision=precision)
-    return out.reshape(*out.shape[:-3], h, v.shape[-1]).astype(v.dtype)
 
 
 class MultiHeadAttention(nn.Module):
@@ -101,11 +56,11 @@ class MultiHeadAttention(nn.Module):
       dropout_rate: dropout probability on the attention weights, as
         ``flax.linen.MultiHeadDotProductAttention``: weights are zeroed with this
         probability and rescaled by ``1/(1 - p)``, the same ``[Lq, Lk]`` pattern in
-        every batch element and head when ``broadcast_dropout``. Needs the
-        ``'dropout'`` rng. Dropout needs the ``[..., H, Lq, Lk]`` weights, so while it
-        is active the layer computes them (memory O(Lq·Lk), ``implementation``
-        ignored); with ``deterministic=True`` or rate 0 it calls
-        :func:`~jaxmath.nn.attention.multi_head_attention`.
+        every batch element and head when ``broadcast_dropout``; the same ``'dropout'``
+        rng drops the same weights as flax's layer. It is an option of
+        :func:`~jaxmath.nn.attention.multi_head_attention` on every
+        ``implementation`` but ``'cudnn'`` (which refuses it); with
+        ``deterministic=True`` or rate 0 the call is the one without dropout.
       broadcast_dropout: share the dropout pattern over batch and heads.
       deterministic: disables dropout; merged with the call's argument (one of
         them must be set when ``dropout_rate > 0``).
@@ -120,7 +75,7 @@ class MultiHeadAttention(nn.Module):
         their keys/values at the cache index and attends to everything cached so
         far. Feeding more than ``L_max`` tokens in total is not detected under jit.
       implementation: passed to :func:`~jaxmath.nn.attention.multi_head_attention`
-        (``None``, ``'xla'``, ``'blockwise'`` or ``'cudnn'``).
+        (``None``, ``'xla'``, ``'blockwise'``, ``'cudnn'`` or ``'pallas'``).
       use_bias: biases in the four projections.
       dtype: computation dtype (default: inferred from inputs and params);
         the softmax is computed in float32 whatever it is.
@@ -160,16 +115,15 @@ class MultiHeadAttention(nn.Module):
 
     def _check(self, features: int) -> tuple[int, int]:
         """Validate the attributes; return ``(H_kv, d)``."""
-        h = _positive_int(self.num_heads, "num_heads")
-        h_kv = h if self.num_kv_heads is None else _positive_int(self.num_kv_heads,
-                                                                 "num_kv_heads")
+        h = _checks.check_int(self.num_heads, "num_heads", 1)
+        h_kv = h if self.num_kv_heads is None else _checks.check_int(self.num_kv_heads,
+                                                                     "num_kv_heads", 1)
         if h % h_kv:
             raise ValueError(f"num_kv_heads={h_kv} must divide num_heads={h}")
-        qkv = _positive_int(self.qkv_features or features, "qkv_features")
+        qkv = _checks.check_int(self.qkv_features or features, "qkv_features", 1)
         if qkv % h:
             raise ValueError(f"qkv_features={qkv} must be divisible by num_heads={h}")
-        if not 0.0 <= self.dropout_rate < 1.0:
-            raise ValueError(f"dropout_rate must be in [0, 1), got {self.dropout_rate}")
+        _check_dropout_rate(self.dropout_rate)
         if self.qk_norm is not None:
             _checks.check_choice(self.qk_norm, "qk_norm", QK_NORMS)
         if self.implementation is not None:
@@ -251,9 +205,7 @@ class MultiHeadAttention(nn.Module):
             inputs_kv = _checks.as_float(inputs_kv, "inputs_kv")
             _checks.check_ndim(inputs_kv, "inputs_kv", min_ndim=2)
         if mask is not None:
-            mask = jnp.asarray(mask)
-            if mask.dtype != jnp.bool_:
-                raise TypeError(f"mask must be boolean (True = attend), got dtype {mask.dtype}")
+            mask = _checks.check_bool_mask(mask, "mask")
 
         q = self._norm(self._project(inputs_q, self.num_heads, head_dim, "query"), "query_norm")
         k = self._norm(self._project(inputs_kv, h_kv, head_dim, "key"), "key_norm")
@@ -265,16 +217,12 @@ class MultiHeadAttention(nn.Module):
 
         dropout = self.dropout_rate > 0.0 and not nn.merge_param(
             "deterministic", self.deterministic, deterministic)
-        if dropout:
-            if is_causal:
-                causal = jnp.tril(jnp.ones((q.shape[-3], k.shape[-3]), bool))
-                mask = causal if mask is None else jnp.logical_and(mask, causal)
-            out = _dropout_attention(q, k, v, mask, self.dropout_rate, self.make_rng("dropout"),
-                                     self.broadcast_dropout, self.precision)
-        else:
-            out = multi_head_attention(q, k, v, mask=mask, is_causal=is_causal,
-                                       implementation=self.implementation,
-                                       precision=self.precision)
+        out = multi_head_attention(
+            q, k, v, mask=mask, is_causal=is_causal,
+            dropout_rate=self.dropout_rate if dropout else 0.0,
+            dropout_rng=self.make_rng("dropout") if dropout else None,
+            broadcast_dropout=self.broadcast_dropout, implementation=self.implementation,
+            precision=self.precision)
         return nn.DenseGeneral(self.out_features or inputs_q.shape[-1], axis=(-2, -1),
                                use_bias=self.use_bias, dtype=self.dtype,
                                param_dtype=self.param_dtype, precision=self.precision,
