@@ -87,14 +87,10 @@ def timestep_embedding(t: ArrayLike, dim: int, max_period: float = 10_000.0, *,
     """
     t = _checks.as_float(t, "t")
     _checks.check_ndim(t, "t", 1)
-    if isinstance(dim, bool) or not isinstance(dim, int | np.integer):
-        raise TypeError(f"dim must be a Python int (it fixes the shape), got "
-                        f"{type(dim).__name__}")
-    if dim < 2:
-        raise ValueError(f"dim must be >= 2 (a sine and a cosine), got {dim}")
+    dim = _checks.check_int(dim, "dim", 2, static="it fixes the shape")  # a sine and a cosine
     if not max_period > 0:
         raise ValueError(f"max_period must be > 0, got {max_period}")
-    half = int(dim) // 2
+    half = dim // 2
     if not downscale_freq_shift < half:
         raise ValueError(f"downscale_freq_shift must be < dim // 2 = {half} (the exponent "
                          f"divides by dim // 2 - downscale_freq_shift), got "
@@ -121,14 +117,6 @@ def _inputs(x: ArrayLike, t: ArrayLike, rank: int, layout: str) -> tuple[Array, 
         raise ValueError(f"t must be a scalar or have shape [B] = ({x.shape[0]},) for x of "
                          f"shape {tuple(x.shape)}, got t.shape={tuple(t.shape)}")
     return x, jnp.broadcast_to(t, (x.shape[0],))
-
-
-def _positive(value: object, name: str, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int, got {value!r}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
 
 
 class _TimeEmbedding(nn.Module):
@@ -213,11 +201,11 @@ class MLPDenoiser(nn.Module):
             width below 1.
         """
         x, t = _inputs(x, t, 2, "[B, d]")
-        width = _positive(self.features, "features")
-        _positive(self.num_blocks, "num_blocks", minimum=0)
+        width = _checks.check_int(self.features, "features", 1)
+        _checks.check_int(self.num_blocks, "num_blocks", 0)
         dense = dict(dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision)
         frequency_dim = width if self.frequency_dim is None else self.frequency_dim
-        e = _TimeEmbedding(width, _positive(frequency_dim, "frequency_dim"),
+        e = _TimeEmbedding(width, _checks.check_int(frequency_dim, "frequency_dim", 1),
                            self.max_period, self.flip_sin_to_cos, self.downscale_freq_shift,
                            self.activation, name="time_embed", **dense)(t)
         e = self.activation(e)
@@ -357,16 +345,16 @@ class UNet(nn.Module):
 
     def _check(self, x: Array) -> tuple[list[int], set[int]]:
         """Validate attributes against ``x``; return each level's width and attention levels."""
-        channels = _positive(self.channels, "channels")
+        channels = _checks.check_int(self.channels, "channels", 1)
         mults = tuple(self.channel_mults)
         if not mults:
             raise ValueError("channel_mults must name at least one level, got ()")
-        widths = [channels * _positive(m, "channel_mults entries") for m in mults]
-        _positive(self.num_res_blocks, "num_res_blocks")
-        groups = _positive(self.num_groups, "num_groups")
-        heads = _positive(self.num_heads, "num_heads")
+        widths = [channels * _checks.check_int(m, "channel_mults entries", 1) for m in mults]
+        _checks.check_int(self.num_res_blocks, "num_res_blocks", 1)
+        groups = _checks.check_int(self.num_groups, "num_groups", 1)
+        heads = _checks.check_int(self.num_heads, "num_heads", 1)
         if self.out_channels is not None:
-            _positive(self.out_channels, "out_channels")
+            _checks.check_int(self.out_channels, "out_channels", 1)
         bad = [w for w in widths if w % groups]
         if bad:
             raise ValueError(f"num_groups={groups} must divide every level's width "
