@@ -358,8 +358,8 @@ def median_bandwidth(x: ArrayLike, y: ArrayLike | None = None) -> jax.Array:
       >>> float(median_bandwidth(jnp.array([[0.0], [1.0], [3.0]])))  # distances 1, 2, 3
       2.0
     """
-    z = x if y is None else jnp.concatenate(_point_sets(x, y))
-    z, _ = _point_sets(z, z)
+    x, y_ = _point_sets(x, x if y is None else y)
+    z = x if y is None else jnp.concatenate([x, y_])
     if z.shape[0] < 2:
         raise ValueError(f"median_bandwidth needs at least 2 points, got {z.shape[0]}")
     return _median_distance(z)

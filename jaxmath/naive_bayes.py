@@ -57,13 +57,19 @@ def _num_classes(y: jax.Array, num_classes: int | None) -> int:
     return check_int(num_classes, "num_classes", 1, static=_STATIC)
 
 
-def _check_labels(y: ArrayLike, n: int, num_classes: int) -> jax.Array:
+def _check_labels(y: ArrayLike, n: int) -> jax.Array:
+    """``[n]`` integer labels, one per row of ``X``."""
     y = jnp.asarray(y)
     check_integer(y, "y")
     check_ndim(y, "y", 1)
     if y.shape[0] != n:
         raise ValueError(
             f"y must have one label per row of X: X has {n} rows, y has shape {tuple(y.shape)}")
+    return y
+
+
+def _check_label_range(y: jax.Array, num_classes: int) -> None:
+    """Raise ValueError if concrete labels fall outside ``[0, num_classes)``."""
     if not is_tracer(y) and y.size:
         yn = np.asarray(y)
         lo, hi = int(yn.min()), int(yn.max())
@@ -71,7 +77,6 @@ def _check_labels(y: ArrayLike, n: int, num_classes: int) -> jax.Array:
             raise ValueError(
                 f"y must hold labels in [0, num_classes={num_classes}), got labels in "
                 f"[{lo}, {hi}]")
-    return y
 
 
 def _vector(x: ArrayLike, name: str, n: int, entries: str
@@ -320,11 +325,11 @@ class GaussianNB:
         X = _check_x(X)
         check_nonempty(X, "X", axis=0)
         check_nonempty(X, "X", axis=1)
-        y = jnp.asarray(y)
-        check_integer(y, "y")
+        y = _check_labels(y, X.shape[0])
         num_classes = _num_classes(y, num_classes)
         model = cls.init(num_classes, X.shape[1], var_smoothing, priors, X.dtype)
-        return model.partial_fit(X, y, sample_weight)
+        _check_label_range(y, num_classes)
+        return _partial_fit(model, X, y, _check_weights(sample_weight, X.shape[0]))
 
     def partial_fit(self, X: ArrayLike, y: ArrayLike,
                     sample_weight: ArrayLike | None = None) -> GaussianNB:
@@ -353,7 +358,8 @@ class GaussianNB:
           ``var_smoothing`` in the variances.
         """
         X = _check_x(X, self.num_features)
-        y = _check_labels(y, X.shape[0], self.num_classes)
+        y = _check_labels(y, X.shape[0])
+        _check_label_range(y, self.num_classes)
         return _partial_fit(self, X, y, _check_weights(sample_weight, X.shape[0]))
 
     # ------------------------------------------------------------- attributes

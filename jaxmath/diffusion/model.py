@@ -35,7 +35,7 @@ from jaxmath import _checks
 from jaxmath.diffusion import _kernels as kernels
 from jaxmath.diffusion._arguments import STATIC, canonical_prediction_type, positive_scalar
 from jaxmath.diffusion.samplers import ddim_sample, ddpm_sample
-from jaxmath.diffusion.schedules import SCHEDULES, NoiseSchedule, make_schedule
+from jaxmath.diffusion.schedules import SCHEDULES, NoiseSchedule
 
 Array = jax.Array
 ArrayLike = jax.typing.ArrayLike
@@ -122,7 +122,7 @@ class DiffusionModel(nn.Module):
         T = DEFAULT_NUM_TIMESTEPS if self.num_timesteps is None else self.num_timesteps
         T = _checks.check_int(T, "num_timesteps", 1, static=STATIC)
         _checks.check_choice(self.schedule, "schedule", tuple(SCHEDULES))
-        return make_schedule(self.schedule, T)
+        return SCHEDULES[self.schedule](T)
 
     def _options(self) -> tuple[str, ArrayLike | None]:
         """The canonical prediction type and the min-SNR γ (None for no weighting), checked."""
