@@ -176,6 +176,18 @@ def _dists(named: Sequence[tuple[ArrayLike, str]], axis: int | Sequence[int],
     return arrays, axis, mask
 
 
+def _probabilities(named: Sequence[tuple[ArrayLike, str]], validate: bool
+                   ) -> tuple[jax.Array, ...]:
+    """Inputs as one float dtype, checked to broadcast, and (``validate``) to lie in [0, 1]."""
+    arrays = _checks.as_floats(*named)
+    named = [(a, name) for a, (_, name) in zip(arrays, named, strict=True)]
+    _checks.broadcast_shapes(*named)
+    if validate:
+        for a, name in named:
+            _checks.check_probability(a, name)
+    return arrays
+
+
 def _deleted(mask: jax.Array | None, *arrays: jax.Array) -> tuple[jax.Array, ...]:
     """The arrays with the entries ``mask`` excludes replaced by 0 (a select, so inf or NaN
     there reaches neither the value nor the gradient); unchanged without a mask."""
@@ -252,12 +264,10 @@ def bayes_theorem(p_a: ArrayLike, p_b_given_a: ArrayLike, p_b_given_not_a: Array
       >>> float(bayes_theorem(0.01, 0.99, 0.02))  # a positive test, 1% prevalence
       0.3333...
     """
-    p_a, p_ba, p_bna = _checks.as_floats(
-        (p_a, "p_a"), (p_b_given_a, "p_b_given_a"), (p_b_given_not_a, "p_b_given_not_a"))
-    _checks.broadcast_shapes((p_a, "p_a"), (p_ba, "p_b_given_a"), (p_bna, "p_b_given_not_a"))
+    p_a, p_ba, p_bna = _probabilities(
+        [(p_a, "p_a"), (p_b_given_a, "p_b_given_a"), (p_b_given_not_a, "p_b_given_not_a")],
+        validate)
     if validate:
-        for x, name in ((p_a, "p_a"), (p_ba, "p_b_given_a"), (p_bna, "p_b_given_not_a")):
-            _checks.check_probability(x, name)
         _checks.check_values(p_ba * p_a + p_bna * (1 - p_a) > 0,
                              "the evidence P(B) must be positive, got P(B) = 0")
     return _bayes_theorem(p_a, p_ba, p_bna)
@@ -378,11 +388,7 @@ def joint_probability(p_a_given_b: ArrayLike, p_b: ArrayLike,
       >>> float(joint_probability(0.5, 0.4))
       0.2
     """
-    p_a_given_b, p_b = _checks.as_floats((p_a_given_b, "p_a_given_b"), (p_b, "p_b"))
-    _checks.broadcast_shapes((p_a_given_b, "p_a_given_b"), (p_b, "p_b"))
-    if validate:
-        _checks.check_probability(p_a_given_b, "p_a_given_b")
-        _checks.check_probability(p_b, "p_b")
+    p_a_given_b, p_b = _probabilities([(p_a_given_b, "p_a_given_b"), (p_b, "p_b")], validate)
     return p_a_given_b * p_b
 
 
@@ -405,11 +411,8 @@ def conditional_probability(p_ab: ArrayLike, p_b: ArrayLike,
       >>> float(conditional_probability(0.2, 0.4))
       0.5
     """
-    p_ab, p_b = _checks.as_floats((p_ab, "p_ab"), (p_b, "p_b"))
-    _checks.broadcast_shapes((p_ab, "p_ab"), (p_b, "p_b"))
+    p_ab, p_b = _probabilities([(p_ab, "p_ab"), (p_b, "p_b")], validate)
     if validate:
-        _checks.check_probability(p_ab, "p_ab")
-        _checks.check_probability(p_b, "p_b")
         _checks.check_values(p_ab <= p_b, "p_ab must not exceed p_b: P(A, B) <= P(B)")
     return _safe_divide(p_ab, p_b)
 
