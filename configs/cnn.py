@@ -14,6 +14,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -36,13 +38,11 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "weight_decay": 1e-4,
     })
     config.target_accuracy = 0.98    # test accuracy
-    if variant == "quick":
-        config.num_steps = 10
-        config.log_every = 5
-        config.checkpoint_every = 10
-        config.batch_size = 32
-        config.model.features = (4, 8, 8)
-        config.model.hidden = 16
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "num_steps": 10,
+        "log_every": 5,
+        "checkpoint_every": 10,
+        "batch_size": 32,
+        "model.features": (4, 8, 8),
+        "model.hidden": 16,
+    })

@@ -18,6 +18,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -61,22 +63,20 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "bandwidth_points": 1000,   # held-out points for the median-heuristic MMD bandwidth
         "target_factor": 2.0,       # target: SW_2(DDPM, held-out) <= factor x reference
     })
-    if variant == "quick":
-        config.data.datasets = ("two_moons", "eight_gaussians")
-        config.data.num_train = 512
-        config.model.features = 16
-        config.model.num_blocks = 1
-        config.model.num_timesteps = 50
-        config.batch_size = 64
-        config.num_steps = 20
-        config.optim.decay_steps = 20
-        config.optim.warmup_steps = 5
-        config.log_every = 10
-        config.checkpoint_every = 20
-        config.eval.num_eval = 128
-        config.eval.num_reference = 2
-        config.eval.num_projections = 32
-        config.eval.bandwidth_points = 128
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "data.datasets": ("two_moons", "eight_gaussians"),
+        "data.num_train": 512,
+        "model.features": 16,
+        "model.num_blocks": 1,
+        "model.num_timesteps": 50,
+        "batch_size": 64,
+        "num_steps": 20,
+        "optim.decay_steps": 20,
+        "optim.warmup_steps": 5,
+        "log_every": 10,
+        "checkpoint_every": 20,
+        "eval.num_eval": 128,
+        "eval.num_reference": 2,
+        "eval.num_projections": 32,
+        "eval.bandwidth_points": 128,
+    })

@@ -19,6 +19,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -61,22 +63,20 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.num_reference = 4            # training-digit subsets for the reference MMD
     config.grid_rows = 10
     config.target_factor = 2.0          # target: MMD(samples, held-out) <= factor x reference
-    if variant == "quick":
-        config.model.channels = 8
-        config.model.channel_mults = (1,)
-        config.model.num_groups = 4
-        config.model.mid_attention = False
-        config.model.num_timesteps = 50
-        config.batch_size = 16
-        config.num_steps = 10
-        config.optim.decay_steps = 10
-        config.optim.warmup_steps = 2
-        config.log_every = 5
-        config.checkpoint_every = 10
-        config.sample.num_inference_steps = 5
-        config.sample.num_samples = 36
-        config.num_reference = 2
-        config.grid_rows = 6
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "model.channels": 8,
+        "model.channel_mults": (1,),
+        "model.num_groups": 4,
+        "model.mid_attention": False,
+        "model.num_timesteps": 50,
+        "batch_size": 16,
+        "num_steps": 10,
+        "optim.decay_steps": 10,
+        "optim.warmup_steps": 2,
+        "log_every": 5,
+        "checkpoint_every": 10,
+        "sample.num_inference_steps": 5,
+        "sample.num_samples": 36,
+        "num_reference": 2,
+        "grid_rows": 6,
+    })

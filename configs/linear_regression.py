@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -36,11 +38,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.grad_rtol = 1e-5         # converged: |grad L(theta_T)| <= grad_rtol |grad L(theta_0)|
     config.param_rtol = 1e-4        # converged runs: |theta - theta*| / |theta*| (target)
     config.num_curves = 10          # learning rates drawn in loss_curves.png
-    if variant == "quick":
-        config.num_steps = 300
-        config.sweep.axes.learning_rate = {"logspace": (-0.5, 0.3, 16)}
-        config.sweep.axes.seed = (0, 1)
-        config.num_curves = 6
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "num_steps": 300,
+        "sweep.axes.learning_rate": {"logspace": (-0.5, 0.3, 16)},
+        "sweep.axes.seed": (0, 1),
+        "num_curves": 6,
+    })

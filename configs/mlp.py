@@ -13,6 +13,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -40,11 +42,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "weight_decay": 1e-4,
     })
     config.target_accuracy = 0.97    # digits test accuracy
-    if variant == "quick":
-        config.num_steps = 20
-        config.log_every = 10
-        config.checkpoint_every = 20
-        config.model.hidden = (32,)
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "num_steps": 20,
+        "log_every": 10,
+        "checkpoint_every": 20,
+        "model.hidden": (32,),
+    })

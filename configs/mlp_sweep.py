@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -44,14 +46,12 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     })
     config.target_accuracy = 0.97   # best mean (over seeds) digits test accuracy
     config.num_curves = 6           # learning rates drawn in loss_curves.png
-    if variant == "quick":
-        config.num_steps = 20
-        config.log_every = 5
-        config.optim.warmup_steps = 5
-        config.model.hidden = (16,)
-        config.sweep.axes.learning_rate = {"logspace": (-3.0, -1.0, 4)}
-        config.sweep.axes.seed = (0, 1)
-        config.num_curves = 4
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "num_steps": 20,
+        "log_every": 5,
+        "optim.warmup_steps": 5,
+        "model.hidden": (16,),
+        "sweep.axes.learning_rate": {"logspace": (-3.0, -1.0, 4)},
+        "sweep.axes.seed": (0, 1),
+        "num_curves": 4,
+    })

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -22,9 +24,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.test_fraction = 0.25
     config.var_smoothing = 1e-9     # scikit-learn's default
     config.target_gap_points = 0.5  # |accuracy - scikit-learn's| in percentage points (target)
-    if variant == "quick":
-        config.datasets = ("iris", "wine")
-        config.num_splits = 1
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "datasets": ("iris", "wine"),
+        "num_splits": 1,
+    })

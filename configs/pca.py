@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import ml_collections
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -25,9 +27,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.recon_rtol = 1e-4       # |MSE - sklearn MSE| / total variance per pixel (target)
     config.num_shown = 10          # test digits in reconstructions.png
     config.shown_components = (2, 5, 10, 20, 30, 64)
-    if variant == "quick":
-        config.num_shown = 4
-        config.shown_components = (2, 10)
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "num_shown": 4,
+        "shown_components": (2, 10),
+    })

@@ -13,6 +13,8 @@ from __future__ import annotations
 import ml_collections
 from ml_collections import config_dict
 
+from jaxmath.run.config import apply_variant
+
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
@@ -42,15 +44,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "weight_decay": 1e-4,
     })
     config.target_accuracy = 0.99    # test exact-sequence accuracy
-    if variant == "quick":
-        config.num_steps = 10
-        config.log_every = 5
-        config.checkpoint_every = 10
-        config.batch_size = 16
-        config.task.num_test = 64
-        config.model.num_layers = 1
-        config.model.d_model = 16
-        config.model.num_heads = 2
-    elif variant is not None:
-        raise ValueError(f"unknown variant {variant!r}; expected None or 'quick'")
-    return config
+    return apply_variant(config, variant, quick={
+        "num_steps": 10,
+        "log_every": 5,
+        "checkpoint_every": 10,
+        "batch_size": 16,
+        "task.num_test": 64,
+        "model.num_layers": 1,
+        "model.d_model": 16,
+        "model.num_heads": 2,
+    })

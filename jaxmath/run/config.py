@@ -8,6 +8,13 @@ after a colon, the variant (ml_collections' convention)::
     configs/ddpm_2d.py:quick      # get_config("quick")
     ddpm_2d:quick                 # the same, looked up in <repo>/configs/
 
+A config declares its variants as settings of dotted keys and ends with
+:func:`apply_variant` (the role of big_vision's ``parse_arg``)::
+
+    def get_config(variant=None):
+        config = ml_collections.ConfigDict({"num_steps": 600, "model": {"hidden": 128}})
+        return apply_variant(config, variant, quick={"num_steps": 10, "model.hidden": 16})
+
 Overrides ``--config.a.b=value`` (or ``a.b=value``) parse like absl/ml_collections flags, to the
 type of the field they replace:
 
@@ -42,7 +49,7 @@ import inspect
 import json
 import math
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -52,6 +59,7 @@ import ml_collections
 __all__ = [
     "ConfigError",
     "apply_overrides",
+    "apply_variant",
     "config_docstring",
     "config_to_dict",
     "find_repo",
@@ -259,6 +267,39 @@ def load_config(spec: str, overrides: Sequence[str] = ()) -> ml_collections.Conf
     path, variant = resolve_spec(spec)
     config = _call_get_config(_load_module(path), path, variant)
     return apply_overrides(config, overrides)
+
+
+def apply_variant(config: ml_collections.ConfigDict, variant: str | None,
+                  **variants: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    """``config`` with the settings of the variant named ``variant`` (None: as it is).
+
+    Every config file's ``get_config(variant)`` ends with it: the variants are keyword
+    arguments, each a mapping of dotted keys to values (``{"num_steps": 10,
+    "model.hidden": 16}``), set in order as ``config.model.hidden = 16`` would set them
+    (fields linked by ``get_ref`` follow). ``config`` is changed in place and returned.
+
+    Raises:
+      ValueError: an unknown variant, naming the known ones (``jaxmath run`` reports it
+        as a config error); ConfigError (a ValueError) for a key the config lacks.
+
+    Example:
+      >>> c = ml_collections.ConfigDict({"num_steps": 600, "model": {"hidden": 128}})
+      >>> apply_variant(c, "quick", quick={"num_steps": 10, "model.hidden": 16}).model.hidden
+      16
+      >>> apply_variant(c, "huge", quick={})
+      Traceback (most recent call last):
+      ...
+      ValueError: unknown variant 'huge'; expected None or 'quick'
+    """
+    if variant is None:
+        return config
+    if variant not in variants:
+        expected = " or ".join(["None", *map(repr, variants)])
+        raise ValueError(f"unknown variant {variant!r}; expected {expected}")
+    for key, value in variants[variant].items():
+        holder, leaf = _locate(config, key)
+        holder[leaf] = value
+    return config
 
 
 # ----------------------------------------------------------------------------- overrides
