@@ -14,11 +14,13 @@ Two families of training, each used by more than one experiment:
   by :func:`compile_timed` and losses plotted by :func:`plot_losses`.
 
 Every step is a pure function of the state and the step's inputs, run by
-:func:`jaxmath.run.loop.train_loop` with ``steps_per_call=config.steps_per_call`` (0: the
-updates between two log or checkpoint steps as one compiled ``lax.scan``, the minibatch
-drawn on the device from the traced step number; 1: one call per update). What the
-loop's time went to is put in the summary by :func:`loop_timing`; a program that trains
-in one call (a sweep) measures its compilation with :func:`compile_seconds`.
+:func:`run_loop` (:func:`jaxmath.run.loop.train_loop` with the config's ``num_steps``,
+``log_every``, ``checkpoint_every`` and ``steps_per_call``: 0, the updates between two
+log or checkpoint steps as one compiled ``lax.scan``, the minibatch drawn on the device
+from the traced step number; 1, one call per update). What the loop's time went to is
+put in the summary by :func:`loop_timing`, and a classifier's summary is built by
+:func:`classifier_summary`; a program that trains in one call (a sweep) measures its
+compilation with :func:`compile_seconds`.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ import numpy as np
 import optax
 from matplotlib.figure import Figure
 
+from jaxmath.run.loop import TrainResult, train_loop
+
 if TYPE_CHECKING:
     from jaxmath.diffusion.model import DiffusionModel
-    from jaxmath.run.loop import TrainResult
 
 PyTree = Any
 
@@ -175,11 +178,49 @@ def make_diffusion_step(model: DiffusionModel, tx: optax.GradientTransformation,
     return step
 
 
-# ----------------------------------------------------------------- timing and plots
+# ----------------------------------------------------------------- the loop, timing and plots
+
+
+def run_loop(config, workdir, state: PyTree, step_fn: Callable, batch_fn: Callable, *,
+             desc: str, metrics_fn: Callable | None = None) -> tuple[TrainResult, dict[str, Any]]:
+    """``train_loop`` on the config's schedule, timed: ``(result, loop_timing(...))``.
+
+    The config gives ``num_steps``, ``log_every``, ``checkpoint_every`` and
+    ``steps_per_call``; ``desc`` labels the progress bar.
+    """
+    t_start = time.perf_counter()
+    result = train_loop(state, step_fn, batch_fn, num_steps=config.num_steps,
+                        workdir=workdir, log_every=config.log_every,
+                        checkpoint_every=config.checkpoint_every, desc=desc,
+                        metrics_fn=metrics_fn, steps_per_call=config.steps_per_call)
+    return result, loop_timing(result, time.perf_counter() - t_start)
+
+
+def classifier_summary(metric: str, value: float, target: float, target_metric: str,
+                       result: TrainResult, timing: Mapping[str, Any], num_params: int,
+                       **details: Any) -> dict[str, Any]:
+    """A trained classifier's summary: its target metric first, then ``details``, then the
+    final loss, the steps, the parameter count and the loop's timing.
+
+    ``metric`` names the summary key of ``value``, the figure the target is set on
+    (met when ``value >= target``); ``target_metric`` says it in words.
+    """
+    last = result.history[-1]
+    return {
+        metric: value,
+        "target": float(target),
+        "target_met": bool(value >= target),
+        "target_metric": target_metric,
+        **details,
+        "final_loss": last["loss"],
+        "num_steps": last["step"],
+        "num_params": num_params,
+        **timing,
+    }
 
 
 def loop_timing(result: TrainResult, train_s: float) -> dict[str, Any]:
-    """The summary's timing of a :func:`jaxmath.run.loop.train_loop` run.
+    """The summary's timing of a :func:`jaxmath.run.loop.train_loop` run (see :func:`run_loop`).
 
     ``train_s``: the loop's wall time (as measured by the caller);
     ``train_compile_s``: its first jitted call alone, compilation included;

@@ -10,7 +10,7 @@ of the disease after a positive test is
 We evaluate it with :func:`jaxmath.bayes_theorem` on the Cartesian product of three
 axes (prevalence and false-positive rate log-spaced, sensitivity linearly spaced), as
 ONE jit-compiled call of three nested ``jax.vmap``s that returns the whole
-``[prevalence, sensitivity, false-positive rate]`` array. The seed's example
+``[prevalence, sensitivity, false-positive rate]`` array. The blog post's example
 (prevalence 1 %, sensitivity 99 %, false-positive rate 2 %) is inserted into each
 axis, so it is a node of the grid.
 

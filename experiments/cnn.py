@@ -38,7 +38,6 @@ label; ``filters.png``: the first layer's 3x3 kernels.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -52,18 +51,18 @@ from matplotlib.figure import Figure
 from jaxmath._checks import check_ndim
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn import Conv2D
-from jaxmath.run.loop import train_loop
 from jaxmath.run.report import save_figure
 
 from ._data import DIGITS_MAX, load_sklearn
 from ._train import (
     accuracy,
+    classifier_summary,
     count_params,
     init_state,
-    loop_timing,
     make_adamw,
     make_step,
     plot_curves,
+    run_loop,
 )
 
 SIDE = 8  # the digits are SIDE x SIDE images
@@ -190,13 +189,9 @@ def run(config, workdir) -> dict:
         _, metrics = jax.device_get(test_predictions_and_accuracies(state["params"]))
         return {k: float(v) for k, v in metrics.items()}
 
-    t_start = time.perf_counter()
-    result = train_loop(init_state(lambda key: model.init(key, x_train[:1]), key_init, optimizer),
-                        make_step(loss_fn, optimizer), batch_fn,
-                        num_steps=config.num_steps, workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc="cnn",
-                        metrics_fn=evaluate, steps_per_call=config.steps_per_call)
-    train_s = time.perf_counter() - t_start
+    result, timing = run_loop(
+        config, workdir, init_state(lambda key: model.init(key, x_train[:1]), key_init, optimizer),
+        make_step(loss_fn, optimizer), batch_fn, desc="cnn", metrics_fn=evaluate)
     params = result.state["params"]
     final = evaluate(result.state)
     predictions = np.asarray(test_predictions_and_accuracies(params)[0])
@@ -210,18 +205,7 @@ def run(config, workdir) -> dict:
     save_figure(_plot_filters(np.asarray(params["params"]["Conv2D_0"]["kernel"])),
                 workdir, "filters")
 
-    test_accuracy = final["test_accuracy"]
-    last = result.history[-1]
-    return {
-        "test_accuracy": test_accuracy,
-        "target": float(config.target_accuracy),
-        "target_met": bool(test_accuracy >= config.target_accuracy),
-        "target_metric": "test accuracy",
-        "train_accuracy": final["train_accuracy"],
-        "test_errors": int(np.sum(predictions != np.asarray(y_test))),
-        "num_test": len(predictions),
-        "final_loss": last["loss"],
-        "num_steps": last["step"],
-        "num_params": count_params(params),
-        **loop_timing(result, train_s),
-    }
+    return classifier_summary(
+        "test_accuracy", final["test_accuracy"], config.target_accuracy, "test accuracy",
+        result, timing, count_params(params), train_accuracy=final["train_accuracy"],
+        test_errors=int(np.sum(predictions != np.asarray(y_test))), num_test=len(predictions))

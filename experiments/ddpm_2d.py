@@ -56,7 +56,6 @@ times, and ``target_met``.
 from __future__ import annotations
 
 import functools
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -70,16 +69,15 @@ from jaxmath.diffusion.denoisers import MLPDenoiser
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.metrics import median_bandwidth, mmd_squared, sliced_wasserstein
 from jaxmath.run.datasets import TOY_2D
-from jaxmath.run.loop import train_loop
 from jaxmath.run.report import save_figure
 
 from ._train import (
     compile_timed,
     init_ema_state,
-    loop_timing,
     make_clipped_adam,
     make_diffusion_step,
     plot_losses,
+    run_loop,
 )
 
 # --------------------------------------------------------------------------- data
@@ -167,18 +165,13 @@ def run(config, workdir) -> dict:
     # One vmapped step trains all D models; the loop passes the step number as the batch.
     step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay)
     train, train_keys = jnp.asarray(data["train"]), jax.random.split(k_train, D)
-    t_start = time.perf_counter()
 
     def step_fn(state, s):
         state, losses = jax.vmap(step, in_axes=(0, None, 0, 0))(state, s, train, train_keys)
         metrics = {f"loss_{name}": losses[i] for i, name in enumerate(names)}
         return state, {"loss": jnp.mean(losses), **metrics}
 
-    result = train_loop(state, step_fn, _step_number, num_steps=config.num_steps,
-                        workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc="ddpm_2d",
-                        steps_per_call=config.steps_per_call)
-    train_s = time.perf_counter() - t_start
+    result, timing = run_loop(config, workdir, state, step_fn, _step_number, desc="ddpm_2d")
     params = result.state["ema"]
 
     # Sampling: DDPM (T steps) and DDIM (T / ddim_factor steps) from the same x_T.
@@ -235,7 +228,7 @@ def run(config, workdir) -> dict:
         "datasets": ",".join(names),
         "num_steps": config.num_steps,
         "final_loss": final.get("loss"),
-        **loop_timing(result, train_s),
+        **timing,
         "num_timesteps": T,
         "ddim_steps": ddim_steps,
         "num_eval": ev.num_eval,

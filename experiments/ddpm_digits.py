@@ -59,7 +59,6 @@ baseline), ``plots/loss.png``, and the summary.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
@@ -71,17 +70,16 @@ from matplotlib.figure import Figure
 from jaxmath.diffusion.denoisers import UNet
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.metrics import median_bandwidth, mmd_squared
-from jaxmath.run.loop import train_loop
 from jaxmath.run.report import save_figure
 
 from ._data import load_sklearn
 from ._train import (
     compile_timed,
     init_ema_state,
-    loop_timing,
     make_clipped_adam,
     make_diffusion_step,
     plot_losses,
+    run_loop,
 )
 
 
@@ -175,12 +173,7 @@ def run(config, workdir) -> dict:
         state, loss = step(state, s, data, k_train)
         return state, {"loss": loss}
 
-    t_start = time.perf_counter()
-    result = train_loop(state, step_fn, _step_number, num_steps=config.num_steps,
-                        workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc="ddpm_digits",
-                        steps_per_call=config.steps_per_call)
-    train_s = time.perf_counter() - t_start
+    result, timing = run_loop(config, workdir, state, step_fn, _step_number, desc="ddpm_digits")
 
     # Sampling, compiled ahead of time.
     sc, n = config.sample, config.sample.num_samples
@@ -224,7 +217,7 @@ def run(config, workdir) -> dict:
         "num_test": len(test),
         "num_steps": config.num_steps,
         "final_loss": result.history[-1]["loss"] if result.history else None,
-        **loop_timing(result, train_s),
+        **timing,
         "sampler": sc.sampler,
         "sampling_steps": steps,
         "num_samples": n,

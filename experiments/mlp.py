@@ -52,7 +52,6 @@ plane, its 0.5 contour, and the test points.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
@@ -67,19 +66,19 @@ from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn.softmax import softmax
 from jaxmath.probability import entropy
 from jaxmath.run.datasets import two_moons
-from jaxmath.run.loop import train_loop
 from jaxmath.run.report import save_figure
 
 from ._data import DIGITS_MAX, Split, load_sklearn
 from ._train import (
     PyTree,
     accuracy,
+    classifier_summary,
     count_params,
     init_state,
-    loop_timing,
     make_adamw,
     make_step,
     plot_curves,
+    run_loop,
 )
 
 Batch = tuple[jax.Array, jax.Array]
@@ -200,13 +199,9 @@ def run(config, workdir) -> dict:
     def evaluate(state, step=None) -> dict[str, float]:
         return {k: float(v) for k, v in jax.device_get(accuracies(state["params"])).items()}
 
-    t_start = time.perf_counter()
-    result = train_loop(init_state(init_params, key_init, optimizer),
-                        make_step(loss_fn, optimizer), batch_fn, num_steps=config.num_steps,
-                        workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc="mlp",
-                        metrics_fn=evaluate, steps_per_call=config.steps_per_call)
-    train_s = time.perf_counter() - t_start
+    result, timing = run_loop(config, workdir, init_state(init_params, key_init, optimizer),
+                           make_step(loss_fn, optimizer), batch_fn, desc="mlp",
+                           metrics_fn=evaluate)
     final = evaluate(result.state)
 
     # the smoothed loss cannot go below H(t): plot what is left above it
@@ -224,17 +219,8 @@ def run(config, workdir) -> dict:
                                final["two_moons_test_accuracy"]), workdir, "decision_boundary")
 
     test_accuracy = final["digits_test_accuracy"]
-    last = result.history[-1]
-    return {
-        "test_accuracy": test_accuracy,
-        "target": float(config.target_accuracy),
-        "target_met": bool(test_accuracy >= config.target_accuracy),
-        "target_metric": "digits test accuracy",
-        **final,
-        "digits_test_errors": round((1 - test_accuracy) * len(data["digits"].y_test)),
-        "digits_num_test": len(data["digits"].y_test),
-        "final_loss": last["loss"],
-        "num_steps": last["step"],
-        "num_params": sum(count_params(p) for p in result.state["params"].values()),
-        **loop_timing(result, train_s),
-    }
+    num_test = len(data["digits"].y_test)
+    return classifier_summary(
+        "test_accuracy", test_accuracy, config.target_accuracy, "digits test accuracy", result,
+        timing, sum(count_params(p) for p in result.state["params"].values()), **final,
+        digits_test_errors=round((1 - test_accuracy) * num_test), digits_num_test=num_test)

@@ -45,7 +45,6 @@ whose values lie in the band their position calls for (a rough diagonal).
 from __future__ import annotations
 
 import math
-import time
 from functools import partial
 from pathlib import Path
 
@@ -58,16 +57,16 @@ from matplotlib.figure import Figure
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn import Transformer
 from jaxmath.nn.softmax import softmax
-from jaxmath.run.loop import train_loop
 from jaxmath.run.report import save_figure
 
 from ._train import (
+    classifier_summary,
     count_params,
     init_state,
-    loop_timing,
     make_adamw,
     make_step,
     plot_curves,
+    run_loop,
 )
 
 
@@ -182,13 +181,9 @@ def run(config, workdir) -> dict:
         metrics = jax.device_get(test_metrics(state["params"]))
         return {f"test_{k}": float(v) for k, v in metrics.items()}
 
-    t_start = time.perf_counter()
-    result = train_loop(init_state(lambda key: model.init(key, x_test[:1]), key_init, optimizer),
-                        make_step(loss_fn, optimizer), batch_fn,
-                        num_steps=config.num_steps, workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc="transformer",
-                        metrics_fn=evaluate, steps_per_call=config.steps_per_call)
-    train_s = time.perf_counter() - t_start
+    result, timing = run_loop(
+        config, workdir, init_state(lambda key: model.init(key, x_test[:1]), key_init, optimizer),
+        make_step(loss_fn, optimizer), batch_fn, desc="transformer", metrics_fn=evaluate)
     params = result.state["params"]
     final = evaluate(result.state)
 
@@ -202,19 +197,8 @@ def run(config, workdir) -> dict:
     save_figure(_plot_attention(np.asarray(weights[:, 0]), np.asarray(example[0]),
                                 np.asarray(jnp.argmax(logits[0], axis=-1))), workdir, "attention")
 
-    accuracy = final["test_sequence_accuracy"]
-    last = result.history[-1]
-    return {
-        "test_sequence_accuracy": accuracy,
-        "target": float(config.target_accuracy),
-        "target_met": bool(accuracy >= config.target_accuracy),
-        "target_metric": "test exact-sequence accuracy",
-        "test_token_accuracy": final["test_token_accuracy"],
-        "num_test": int(task.num_test),
-        "seq_len": int(task.seq_len),
-        "vocab_size": int(task.vocab_size),
-        "final_loss": last["loss"],
-        "num_steps": last["step"],
-        "num_params": count_params(params),
-        **loop_timing(result, train_s),
-    }
+    return classifier_summary(
+        "test_sequence_accuracy", final["test_sequence_accuracy"], config.target_accuracy,
+        "test exact-sequence accuracy", result, timing, count_params(params),
+        test_token_accuracy=final["test_token_accuracy"], num_test=int(task.num_test),
+        seq_len=int(task.seq_len), vocab_size=int(task.vocab_size))
