@@ -143,6 +143,8 @@ BAD_INPUTS = [
     (lambda: _init(kernel_size=0), ValueError, r"kernel_size must be >= 1"),
     (lambda: _init(groups=3), ValueError, r"groups=3 must divide .* features=2"),
     (lambda: _init(groups=0), ValueError, r"groups must be >= 1"),
+    (lambda: _init(groups=1.0), TypeError, r"groups must be an int, got float"),
+    (lambda: _init(kernel_size=(3, True)), TypeError, r"kernel_size must be an int or a pair"),
     (lambda: _init(x=np.ones((6, 6))), ValueError, r"x must have rank 3 or 4"),
     (lambda: _init(x=X + 1j), TypeError, r"x must be real"),
     (lambda: _init(kernel_size=7), ValueError, r"the kernel spans 7 pixels"),

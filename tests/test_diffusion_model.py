@@ -236,6 +236,23 @@ def test_bad_inputs(call, exc, match):
         call()
 
 
+def test_loss_and_samplers_check_their_arrays_once(variables, monkeypatch):
+    """Inside DiffusionModel.loss and the samplers' loops the library calls kernels on
+    arrays it has checked: no public function runs there to check x0 or t again."""
+    from jaxmath.diffusion import losses, parameterization, process, samplers
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("timesteps checked again inside the library")
+
+    for module in (losses, parameterization, process, samplers):
+        monkeypatch.setattr(module, "check_timesteps", refuse)
+    model = make(loss_weighting="min_snr")
+    assert np.isfinite(float(model.apply(variables, X0, KEY, method="loss")))
+    for sampler in ("ddpm", "ddim"):
+        out = model.apply(variables, KEY, (2, D), method="sample", sampler=sampler, eta=0.5)
+        assert out.shape == (2, D)
+
+
 def test_is_a_linen_module_with_the_denoiser_as_child(variables):
     assert isinstance(make(), nn.Module)
     assert set(variables["params"]) == {"denoiser"}
