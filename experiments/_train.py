@@ -5,8 +5,9 @@ Two families of training, each used by more than one experiment:
 * classifiers (:mod:`experiments.mlp`, :mod:`experiments.cnn`,
   :mod:`experiments.transformer`): AdamW with warm-up and cosine decay over the run
   (:func:`make_adamw`), the state ``{"params", "opt_state"}`` (:func:`init_state`) and one
-  update on a loss's gradient (:func:`make_step`), scored by :func:`accuracy` and plotted
-  by :func:`plot_curves`;
+  update on a loss's gradient (:func:`make_step`), together :func:`train_classifier`;
+  scored by :func:`accuracy`, summarised by :func:`classifier_summary` and plotted by
+  :func:`plot_curves`;
 * denoising diffusion (:mod:`experiments.ddpm_2d`, :mod:`experiments.ddpm_digits`): Adam
   with gradient clipping and a schedule of its own length (:func:`make_clipped_adam`), a
   state that carries a moving average of the parameters (:func:`init_ema_state`), one
@@ -104,6 +105,17 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
         return ({"params": params, "opt_state": opt_state},
                 {"loss": loss, "learning_rate": opt_state.hyperparams["learning_rate"], **aux})
     return step
+
+
+def train_classifier(config, workdir, init_params: Callable[[jax.Array], PyTree],
+                     key: jax.Array, loss_fn: Callable, batch_fn: Callable, *, desc: str,
+                     metrics_fn: Callable) -> tuple[TrainResult, dict[str, Any]]:
+    """A classifier's training: AdamW on the config's schedule (:func:`make_adamw`), the
+    state from ``init_params(key)`` (:func:`init_state`), one update per step on
+    ``loss_fn`` (:func:`make_step`), run by :func:`run_loop`: ``(result, timing)``."""
+    optimizer = make_adamw(config.optim, config.num_steps)
+    return run_loop(config, workdir, init_state(init_params, key, optimizer),
+                    make_step(loss_fn, optimizer), batch_fn, desc=desc, metrics_fn=metrics_fn)
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:

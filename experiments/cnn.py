@@ -54,16 +54,7 @@ from jaxmath.nn import Conv2D
 from jaxmath.run.report import save_figure
 
 from ._data import DIGITS_MAX, load_sklearn
-from ._train import (
-    accuracy,
-    classifier_summary,
-    count_params,
-    init_state,
-    make_adamw,
-    make_step,
-    plot_curves,
-    run_loop,
-)
+from ._train import accuracy, classifier_summary, count_params, plot_curves, train_classifier
 
 SIDE = 8  # the digits are SIDE x SIDE images
 
@@ -167,7 +158,6 @@ def run(config, workdir) -> dict:
     x_train, y_train, x_test, y_test = load_digits(config)
     key_init, key_batch = jax.random.split(jax.random.key(config.seed))
     model = CNN(tuple(config.model.features), config.model.hidden, num_classes=10)
-    optimizer = make_adamw(config.optim, config.num_steps)
 
     def loss_fn(params, batch):
         x, y = batch
@@ -189,9 +179,9 @@ def run(config, workdir) -> dict:
         _, metrics = jax.device_get(test_predictions_and_accuracies(state["params"]))
         return {k: float(v) for k, v in metrics.items()}
 
-    result, timing = run_loop(
-        config, workdir, init_state(lambda key: model.init(key, x_train[:1]), key_init, optimizer),
-        make_step(loss_fn, optimizer), batch_fn, desc="cnn", metrics_fn=evaluate)
+    result, timing = train_classifier(config, workdir, lambda key: model.init(key, x_train[:1]),
+                                      key_init, loss_fn, batch_fn, desc="cnn",
+                                      metrics_fn=evaluate)
     params = result.state["params"]
     final = evaluate(result.state)
     predictions = np.asarray(test_predictions_and_accuracies(params)[0])

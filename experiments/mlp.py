@@ -74,11 +74,8 @@ from ._train import (
     accuracy,
     classifier_summary,
     count_params,
-    init_state,
-    make_adamw,
-    make_step,
     plot_curves,
-    run_loop,
+    train_classifier,
 )
 
 Batch = tuple[jax.Array, jax.Array]
@@ -167,7 +164,6 @@ def run(config, workdir) -> dict:
     data = load_data(config)
     key_init, key_batch = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
     models = {name: MLP(tuple(config.model.hidden), d.num_classes) for name, d in data.items()}
-    optimizer = make_adamw(config.optim, config.num_steps)
 
     def init_params(key):
         return {name: model.init(jax.random.fold_in(key, i), data[name].x_train[:1])
@@ -199,9 +195,8 @@ def run(config, workdir) -> dict:
     def evaluate(state, step=None) -> dict[str, float]:
         return {k: float(v) for k, v in jax.device_get(accuracies(state["params"])).items()}
 
-    result, timing = run_loop(config, workdir, init_state(init_params, key_init, optimizer),
-                           make_step(loss_fn, optimizer), batch_fn, desc="mlp",
-                           metrics_fn=evaluate)
+    result, timing = train_classifier(config, workdir, init_params, key_init, loss_fn, batch_fn,
+                                      desc="mlp", metrics_fn=evaluate)
     final = evaluate(result.state)
 
     # the smoothed loss cannot go below H(t): plot what is left above it

@@ -59,15 +59,7 @@ from jaxmath.nn import Transformer
 from jaxmath.nn.softmax import softmax
 from jaxmath.run.report import save_figure
 
-from ._train import (
-    classifier_summary,
-    count_params,
-    init_state,
-    make_adamw,
-    make_step,
-    plot_curves,
-    run_loop,
-)
+from ._train import classifier_summary, count_params, plot_curves, train_classifier
 
 
 class Sorter(nn.Module):
@@ -162,7 +154,6 @@ def run(config, workdir) -> dict:
     m = config.model
     model = Sorter(task.vocab_size, task.seq_len, m.num_layers, m.d_model, m.num_heads,
                    m.mlp_ratio)
-    optimizer = make_adamw(config.optim, config.num_steps)
 
     def loss_fn(params, batch):
         x, y = batch
@@ -181,9 +172,9 @@ def run(config, workdir) -> dict:
         metrics = jax.device_get(test_metrics(state["params"]))
         return {f"test_{k}": float(v) for k, v in metrics.items()}
 
-    result, timing = run_loop(
-        config, workdir, init_state(lambda key: model.init(key, x_test[:1]), key_init, optimizer),
-        make_step(loss_fn, optimizer), batch_fn, desc="transformer", metrics_fn=evaluate)
+    result, timing = train_classifier(config, workdir, lambda key: model.init(key, x_test[:1]),
+                                      key_init, loss_fn, batch_fn, desc="transformer",
+                                      metrics_fn=evaluate)
     params = result.state["params"]
     final = evaluate(result.state)
 
