@@ -2,7 +2,8 @@
 
 Every experiment trained by ``train_loop`` (mlp, cnn, transformer, ddpm_2d, ddpm_digits)
 runs its quick variant once per test module (:func:`quick_fixture`) and once more with
-``steps_per_call=0`` (:func:`check_scan_path`).
+``steps_per_call=0`` (:func:`check_scan_path`); every experiment's slow test runs its
+default config (:func:`default_run`). The test modules use it as ``runs``.
 """
 
 import json
@@ -34,6 +35,13 @@ def quick_fixture(config: str):
         return run_experiment(f"{config}:quick", workdir, verbose=False), workdir
 
     return quick
+
+
+def default_run(config: str, workdir: Path) -> dict:
+    """The default config's full run (the slow tests): its summary, whose target is met."""
+    summary = run_experiment(config, workdir, verbose=False)
+    assert summary["target_met"] is True
+    return summary
 
 
 def metrics_rows(workdir: Path) -> list[dict]:

@@ -20,18 +20,6 @@ ECHO = str(FIXTURES / "configs" / "echo.py")
 FACTS = {"wall_time_s", "jax_version", "jaxmath_version", "backend", "devices"}
 
 
-@pytest.fixture(autouse=True)
-def _isolated_imports(monkeypatch):
-    """Restore sys.path and the `experiments` package after each test (fixture repo)."""
-    monkeypatch.setattr(sys, "path", list(sys.path))
-    saved = {k: m for k, m in sys.modules.items()
-             if k == "experiments" or k.startswith("experiments.")}
-    yield
-    for key in [k for k in sys.modules if k == "experiments" or k.startswith("experiments.")]:
-        del sys.modules[key]
-    sys.modules.update(saved)
-
-
 # ----------------------------------------------------------------------------- list
 
 
@@ -179,6 +167,18 @@ def test_another_repos_experiments_package_is_restored(tmp_path):
     assert "experiments.echo" not in sys.modules
 
 
+def test_experiments_load_by_file_location(tmp_path):
+    """The fixture's experiments/echo.py: loaded from its folder, sys.path untouched, once."""
+    path = list(sys.path)
+    module = cli.load_experiment(FIXTURES / "experiments", "echo")
+    assert Path(module.__file__) == FIXTURES / "experiments" / "echo.py"
+    assert cli.load_experiment(FIXTURES / "experiments", "echo") is module
+    run_experiment(ECHO, tmp_path / "w", verbose=False)
+    assert sys.path == path
+    with pytest.raises(ConfigError, match=r"config\.experiment='nope': no .*nope\.py"):
+        cli.load_experiment(FIXTURES / "experiments", "nope")
+
+
 def test_multi_process_only_process_zero_writes(tmp_path, monkeypatch):
     calls = []
     monkeypatch.setattr(startup, "init_distributed", lambda: calls.append(1) or False)
@@ -202,12 +202,17 @@ def _env():
     return env
 
 
+def _run_echo_quick(workdir, *args):
+    """``python -m jaxmath run configs/echo.py:quick --workdir DIR ARGS`` in tests/fixtures."""
+    return subprocess.run(
+        [sys.executable, "-m", "jaxmath", "run", "configs/echo.py:quick", "--workdir",
+         str(workdir), *args],
+        cwd=FIXTURES, env=_env(), capture_output=True, text=True, timeout=120)
+
+
 def test_python_m_jaxmath_run(tmp_path):
     workdir = tmp_path / "w"
-    proc = subprocess.run(
-        [sys.executable, "-m", "jaxmath", "run", "configs/echo.py:quick", "--workdir",
-         str(workdir), "--config.value", "1"],
-        cwd=FIXTURES, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = _run_echo_quick(workdir, "--config.value", "1")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.rstrip().endswith(f"report: {workdir / 'report.md'}")
     assert json.loads((workdir / "summary.json").read_text())["doubled"] == 2.0
@@ -228,10 +233,7 @@ def test_cpu_devices_sets_the_device_count(tmp_path):
     """--cpu-devices 2: the run sees 2 CPU devices (that a sharded sweep then equals a
     one-device run is tests/test_sweep_devices.py's)."""
     workdir = tmp_path / "w"
-    proc = subprocess.run(
-        [sys.executable, "-m", "jaxmath", "run", "configs/echo.py:quick", "--workdir",
-         str(workdir), "--cpu-devices", "2"],
-        cwd=FIXTURES, env=_env(), capture_output=True, text=True, timeout=120)
+    proc = _run_echo_quick(workdir, "--cpu-devices", "2")
     assert proc.returncode == 0, proc.stderr
     assert json.loads((workdir / "summary.json").read_text())["devices"] == "2 x cpu"
 

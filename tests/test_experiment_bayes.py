@@ -9,10 +9,10 @@ import pytest
 
 from experiments.bayes import axis_values, closed_form, numpy_grid, posterior_grid
 from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import assert_run_files, config_path
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_ATOL, F32_RTOL, F64_RTOL
 
-CONFIG = config_path("bayes")
+CONFIG = runs.config_path("bayes")
 GRID_ATOL = 1e-6  # configs/bayes.py's tolerance: float32 posteriors against float64
 SUMMARY_KEYS = {"posterior_at_example", "closed_form_at_example", "example_abs_error",
                 "grid_points", "max_abs_error_vs_numpy", "target", "target_met"}
@@ -20,7 +20,7 @@ SUMMARY_KEYS = {"posterior_at_example", "closed_form_at_example", "example_abs_e
 
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
-    assert_run_files(tmp_path, "metrics.jsonl", "plots/posterior_heatmap.png")
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "plots/posterior_heatmap.png")
     assert SUMMARY_KEYS <= set(summary)
     assert json.loads((tmp_path / "summary.json").read_text())["target_met"] is True
     assert summary["target_met"] is True
@@ -61,8 +61,7 @@ def test_posterior_grid_float64(x64):
 
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["grid_points"] >= 1_000_000
     assert summary["max_abs_error_vs_numpy"] <= GRID_ATOL
     assert abs(summary["posterior_at_example"] - 1 / 3) <= GRID_ATOL

@@ -9,33 +9,24 @@ import pytest
 from configs.cnn import get_config
 from experiments._train import count_params, fast_init
 from experiments.cnn import CNN, load_digits, random_shift, sample_batch
-from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import (
-    assert_loop_timing,
-    assert_run_files,
-    assert_stored_summary,
-    check_scan_path,
-    config_path,
-    metrics_rows,
-    quick_fixture,
-)
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_ATOL, F32_LOOSE
 
-CONFIG = config_path("cnn")
+CONFIG = runs.config_path("cnn")
 SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric", "train_accuracy",
                 "test_errors", "num_test", "final_loss", "num_steps", "num_params", "train_s",
                 "train_compile_s", "train_steps_per_s", "steps_per_call"}
 
 
-quick = quick_fixture(CONFIG)
+quick = runs.quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    assert_run_files(tmp_path, "metrics.jsonl", "plots/curves.png", "plots/misclassified.png",
-                     "plots/filters.png")
-    assert_stored_summary(tmp_path, summary, SUMMARY_KEYS)
-    rows = metrics_rows(tmp_path)
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "plots/curves.png", "plots/misclassified.png",
+                          "plots/filters.png")
+    runs.assert_stored_summary(tmp_path, summary, SUMMARY_KEYS)
+    rows = runs.metrics_rows(tmp_path)
     assert [row["step"] for row in rows] == [5, 10]
     assert all({"loss", "learning_rate", "train_accuracy", "test_accuracy"} <= set(row)
                for row in rows)
@@ -43,11 +34,11 @@ def test_quick_run_writes_its_files(quick):
     assert summary["test_errors"] == round((1 - summary["test_accuracy"]) * 450)
     model = get_config("quick").model
     assert summary["num_params"] == _num_params(*model.features, model.hidden)
-    assert_loop_timing(summary, scan_steps=5)
+    runs.assert_loop_timing(summary, scan_steps=5)
 
 
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
+    runs.check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
 
 
 def _num_params(c1, c2, c3, hidden, classes=10):
@@ -139,6 +130,5 @@ def test_bad_inputs(call, match):
 
 @pytest.mark.slow
 def test_default_config_reaches_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["test_accuracy"] >= 0.98 and summary["test_errors"] <= 9

@@ -8,27 +8,20 @@ import pytest
 
 from experiments.ddpm_2d import make_data
 from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import (
-    assert_loop_timing,
-    assert_run_files,
-    check_scan_path,
-    config_path,
-    metrics_rows,
-    quick_fixture,
-)
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_LOOSE
 
-CONFIG = config_path("ddpm_2d")
+CONFIG = runs.config_path("ddpm_2d")
 PER_DATASET = ("sw_ddpm", "sw_ddim", "sw_reference", "mmd_ddpm", "mmd_ddim", "mmd_reference",
                "sw_target", "target_met")
 
 
-quick = quick_fixture(CONFIG)
+quick = runs.quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    assert_run_files(tmp_path, "metrics.jsonl", "plots/samples.png", "plots/loss.png")
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "plots/samples.png", "plots/loss.png")
     assert any((tmp_path / "checkpoints").iterdir())
     names = summary["datasets"].split(",")
     for name in names:
@@ -39,9 +32,9 @@ def test_quick_run_writes_its_files(quick):
                 "sw_ratio_ddim_max", "target", "target_factor", "target_met", "train_s",
                 "wall_time_s", "train_compile_s", "train_steps_per_s", "steps_per_call"):
         assert key in summary, key
-    assert_loop_timing(summary, scan_steps=10)
+    runs.assert_loop_timing(summary, scan_steps=10)
     assert summary["ddim_steps"] == summary["num_timesteps"] // 10
-    rows = metrics_rows(tmp_path)
+    rows = runs.metrics_rows(tmp_path)
     assert [r["step"] for r in rows] == [10, 20]
     assert all(np.isfinite(r["loss"]) for r in rows)
     assert {f"loss_{name}" for name in names} <= set(rows[-1])
@@ -49,7 +42,7 @@ def test_quick_run_writes_its_files(quick):
 
 
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    check_scan_path(CONFIG, quick, tmp_path, scan_steps=10)
+    runs.check_scan_path(CONFIG, quick, tmp_path, scan_steps=10)
 
 
 def test_data_is_standardised_per_dataset():
@@ -72,7 +65,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
     twice_dir = tmp_path / "twice"
     run_experiment(f"{CONFIG}:quick", twice_dir, ["--config.num_steps=10"], verbose=False)
     twice = run_experiment(f"{CONFIG}:quick", twice_dir, verbose=False)
-    assert metrics_rows(twice_dir) == metrics_rows(tmp_path / "once")
+    assert runs.metrics_rows(twice_dir) == runs.metrics_rows(tmp_path / "once")
     for key in once:
         if "sw_" in key or "mmd_" in key:
             assert twice[key] == once[key], key
@@ -80,8 +73,7 @@ def test_resume_matches_an_uninterrupted_run(tmp_path):
 
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["sw_ratio_ddpm_max"] <= summary["target_factor"]
     assert summary["ddim_steps"] * 10 == summary["num_timesteps"]
     assert summary["ddim_speedup"] > 3

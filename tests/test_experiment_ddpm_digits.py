@@ -4,42 +4,34 @@ import numpy as np
 import pytest
 
 from experiments.ddpm_digits import _grid, load_digits, nearest_distance
-from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import (
-    assert_loop_timing,
-    assert_run_files,
-    check_scan_path,
-    config_path,
-    metrics_rows,
-    quick_fixture,
-)
+from tests import _experiment_runs as runs
 
-CONFIG = config_path("ddpm_digits")
+CONFIG = runs.config_path("ddpm_digits")
 
 
-quick = quick_fixture(CONFIG)
+quick = runs.quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    assert_run_files(tmp_path, "metrics.jsonl", "plots/samples.png", "plots/loss.png")
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "plots/samples.png", "plots/loss.png")
     assert any((tmp_path / "checkpoints").iterdir())
     for key in ("mmd_samples", "mmd_reference", "mmd_baseline", "mmd_ratio", "target",
                 "target_mmd", "target_met", "sample_s", "train_s", "pixel_mean_abs_diff",
                 "classifier_confidence_samples", "classes_covered", "wall_time_s",
                 "train_compile_s", "train_steps_per_s", "steps_per_call"):
         assert key in summary, key
-    assert_loop_timing(summary, scan_steps=5)
+    runs.assert_loop_timing(summary, scan_steps=5)
     assert summary["mmd_samples"] > 0 and summary["mmd_reference"] > 0
     assert summary["num_samples"] == 36 and summary["sampling_steps"] == 5
     assert summary["target_mmd"] == pytest.approx(2.0 * summary["mmd_reference"])
-    rows = metrics_rows(tmp_path)
+    rows = runs.metrics_rows(tmp_path)
     assert [r["step"] for r in rows] == [5, 10]
     assert all(np.isfinite(r["loss"]) for r in rows)
 
 
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
+    runs.check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
 
 
 def test_digits_are_scaled_to_minus_one_one():
@@ -69,8 +61,7 @@ def test_nearest_distance_is_zero_for_copies():
 
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["mmd_samples"] <= summary["target_mmd"]
     # the structure-free pixel Gaussian fails the same target
     assert summary["mmd_baseline"] > summary["target_mmd"]

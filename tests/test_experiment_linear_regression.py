@@ -9,18 +9,18 @@ import pytest
 
 from experiments.linear_regression import classify, loss, make_problem, make_train, reference
 from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import assert_run_files, config_path
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_LOOSE, F64_RTOL
 
-CONFIG = config_path("linear_regression")
+CONFIG = runs.config_path("linear_regression")
 DATA = {"num_samples": 32, "num_features": 4, "min_scale": 0.5, "noise": 0.1}
 PARAM_RTOL = 1e-4  # configs/linear_regression.py's target for converged runs
 
 
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
-    assert_run_files(tmp_path, "metrics.jsonl", "sweep.jsonl", "plots/loss_curves.png",
-                     "plots/final_loss_vs_lr.png")
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "sweep.jsonl", "plots/loss_curves.png",
+                          "plots/final_loss_vs_lr.png")
     for key in ("num_runs", "num_converged", "num_diverged", "num_nonfinite_final_loss",
                 "eta_c_seed0", "all_below_boundary_converged", "all_above_boundary_diverged",
                 "max_param_rel_error_converged", "target", "target_met"):
@@ -71,8 +71,7 @@ def test_classify():
 
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["num_learning_rates"] >= 256 and summary["num_seeds"] == 4
     assert summary["all_below_boundary_converged"] and summary["all_above_boundary_diverged"]
     assert summary["max_param_rel_error_converged"] <= PARAM_RTOL

@@ -10,20 +10,11 @@ from configs.mlp import get_config
 from experiments._train import count_params, fast_init
 from experiments.mlp import MLP, sample_batch, smoothed_loss_floor
 from jaxmath.losses import softmax_cross_entropy
-from jaxmath.run.cli import run_experiment
 from jaxmath.run.config import ConfigError, load_config
-from tests._experiment_runs import (
-    assert_loop_timing,
-    assert_run_files,
-    assert_stored_summary,
-    check_scan_path,
-    config_path,
-    metrics_rows,
-    quick_fixture,
-)
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL
 
-CONFIG = config_path("mlp")
+CONFIG = runs.config_path("mlp")
 SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric",
                 "digits_test_accuracy", "digits_train_accuracy", "two_moons_test_accuracy",
                 "two_moons_train_accuracy", "digits_test_errors", "digits_num_test",
@@ -33,14 +24,15 @@ ROW_KEYS = {"step", "loss", "loss_digits", "loss_two_moons", "learning_rate",
             "digits_test_accuracy", "two_moons_test_accuracy"}
 
 
-quick = quick_fixture(CONFIG)
+quick = runs.quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    assert_run_files(tmp_path, "metrics.jsonl", "plots/curves.png", "plots/decision_boundary.png")
-    assert_stored_summary(tmp_path, summary, SUMMARY_KEYS)
-    rows = metrics_rows(tmp_path)
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "plots/curves.png",
+                          "plots/decision_boundary.png")
+    runs.assert_stored_summary(tmp_path, summary, SUMMARY_KEYS)
+    rows = runs.metrics_rows(tmp_path)
     assert [row["step"] for row in rows] == [10, 20] and summary["num_steps"] == 20
     assert all(ROW_KEYS <= set(row) for row in rows)
     assert summary["test_accuracy"] == summary["digits_test_accuracy"]
@@ -51,11 +43,11 @@ def test_quick_run_writes_its_files(quick):
                                         for d, k in ((2, 2), (64, 10)))
     report = (tmp_path / "report.md").read_text()
     assert "curves.png" in report and "decision_boundary.png" in report
-    assert_loop_timing(summary, scan_steps=10)
+    runs.assert_loop_timing(summary, scan_steps=10)
 
 
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    check_scan_path(CONFIG, quick, tmp_path, scan_steps=10)
+    runs.check_scan_path(CONFIG, quick, tmp_path, scan_steps=10)
 
 
 
@@ -114,7 +106,6 @@ def test_bad_inputs(call, exc, match):
 
 @pytest.mark.slow
 def test_default_config_reaches_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["digits_test_accuracy"] >= 0.97
     assert summary["two_moons_test_accuracy"] >= 0.95  # noisy moons: the classes overlap

@@ -16,10 +16,10 @@ from jaxmath.losses import softmax_cross_entropy
 from jaxmath.run import sweep
 from jaxmath.run.cli import run_experiment
 from jaxmath.run.sweep import grid, run_sweep
-from tests._experiment_runs import assert_run_files, config_path
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_LOOSE
 
-CONFIG = config_path("mlp_sweep")
+CONFIG = runs.config_path("mlp_sweep")
 SUMMARY_KEYS = {"best_mean_test_accuracy", "target", "target_met", "target_metric",
                 "best_learning_rate", "best_test_accuracy_min", "best_test_accuracy_max",
                 "num_configs", "num_learning_rates", "num_seeds", "num_steps", "num_diverged",
@@ -57,7 +57,8 @@ def swept(train):
 
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
-    assert_run_files(tmp_path, "sweep.jsonl", "plots/accuracy_vs_lr.png", "plots/loss_curves.png")
+    runs.assert_run_files(tmp_path, "sweep.jsonl", "plots/accuracy_vs_lr.png",
+                          "plots/loss_curves.png")
     assert SUMMARY_KEYS <= set(summary)
     config = get_config("quick")
     rows = [json.loads(line) for line in (tmp_path / "sweep.jsonl").read_text().splitlines()]
@@ -157,8 +158,7 @@ def test_unknown_variant_is_an_error():
 
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["best_mean_test_accuracy"] >= 0.97
     assert summary["num_learning_rates"] >= 32 and summary["num_seeds"] == 4
     assert summary["num_traces"] == 1

@@ -9,15 +9,15 @@ from sklearn.metrics import confusion_matrix as sk_confusion_matrix
 
 from experiments.naive_bayes import confusion_matrix, evaluate
 from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import assert_run_files, config_path
+from tests import _experiment_runs as runs
 
-CONFIG = config_path("naive_bayes")
+CONFIG = runs.config_path("naive_bayes")
 TARGET_GAP_POINTS = 0.5  # the target: within 0.5 accuracy points of scikit-learn
 
 
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
-    assert_run_files(tmp_path, "metrics.jsonl", "plots/confusion_matrices.png")
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "plots/confusion_matrices.png")
     for key in ("iris_accuracy", "iris_sklearn_accuracy", "iris_max_gap_points",
                 "iris_agreement", "wine_accuracy", "max_gap_points", "target", "target_met"):
         assert key in summary, key
@@ -47,7 +47,6 @@ def test_evaluate_agrees_with_sklearn_on_iris():
 
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     for name in ("iris", "wine", "breast_cancer", "digits"):
         assert summary[f"{name}_max_gap_points"] <= TARGET_GAP_POINTS, name

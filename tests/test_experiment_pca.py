@@ -9,10 +9,10 @@ import pytest
 from experiments.pca import reconstruction_errors, sklearn_reference, truncated_reconstructions
 from jaxmath.linalg import PCA
 from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import assert_run_files, config_path
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_LOOSE, F64_RTOL
 
-CONFIG = config_path("pca")
+CONFIG = runs.config_path("pca")
 RATIO_ATOL = 1e-5  # configs/pca.py's targets
 RECON_RTOL = 1e-4
 
@@ -24,7 +24,7 @@ def _data(rng, n=40, d=6):
 
 def test_quick_run_writes_its_files(tmp_path):
     summary = run_experiment(f"{CONFIG}:quick", tmp_path, verbose=False)
-    assert_run_files(tmp_path, "metrics.jsonl")
+    runs.assert_run_files(tmp_path, "metrics.jsonl")
     for plot in ("explained_variance", "projection_2d", "reconstruction_error",
                  "reconstructions"):
         assert (tmp_path / "plots" / f"{plot}.png").is_file(), plot
@@ -73,8 +73,7 @@ def test_sklearn_reference_matches_numpy(rng):
 
 @pytest.mark.slow
 def test_default_config_meets_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["ratio_max_abs_diff_vs_sklearn"] <= RATIO_ATOL
     assert summary["recon_max_rel_diff_vs_sklearn"] <= RECON_RTOL
     assert summary["num_features"] == 64

@@ -8,43 +8,34 @@ import pytest
 from configs.transformer import get_config
 from experiments._train import count_params, fast_init
 from experiments.transformer import Sorter, logits_and_attention, sequence_metrics, sorting_data
-from jaxmath.run.cli import run_experiment
-from tests._experiment_runs import (
-    assert_loop_timing,
-    assert_run_files,
-    assert_stored_summary,
-    check_scan_path,
-    config_path,
-    metrics_rows,
-    quick_fixture,
-)
+from tests import _experiment_runs as runs
 from tests.tolerances import F32_LOOSE, F32_RTOL
 
-CONFIG = config_path("transformer")
+CONFIG = runs.config_path("transformer")
 SUMMARY_KEYS = {"test_sequence_accuracy", "target", "target_met", "target_metric",
                 "test_token_accuracy", "num_test", "seq_len", "vocab_size", "final_loss",
                 "num_steps", "num_params", "train_s", "train_compile_s", "train_steps_per_s",
                 "steps_per_call"}
 
 
-quick = quick_fixture(CONFIG)
+quick = runs.quick_fixture(CONFIG)
 
 
 def test_quick_run_writes_its_files(quick):
     summary, tmp_path = quick
-    assert_run_files(tmp_path, "metrics.jsonl", "plots/curves.png", "plots/attention.png")
-    assert_stored_summary(tmp_path, summary, SUMMARY_KEYS)
-    rows = metrics_rows(tmp_path)
+    runs.assert_run_files(tmp_path, "metrics.jsonl", "plots/curves.png", "plots/attention.png")
+    runs.assert_stored_summary(tmp_path, summary, SUMMARY_KEYS)
+    rows = runs.metrics_rows(tmp_path)
     assert [row["step"] for row in rows] == [5, 10]
     assert all({"loss", "learning_rate", "token_accuracy", "sequence_accuracy",
                 "test_token_accuracy", "test_sequence_accuracy"} <= set(row) for row in rows)
     assert summary["seq_len"] >= 16 and summary["target"] == 0.99
-    assert_loop_timing(summary, scan_steps=5)
+    runs.assert_loop_timing(summary, scan_steps=5)
     assert "attention.png" in (tmp_path / "report.md").read_text()
 
 
 def test_scan_path_gives_the_same_run(quick, tmp_path):
-    check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
+    runs.check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
 
 
 def test_sorting_data_sorts_uniform_tokens():
@@ -123,6 +114,5 @@ def test_bad_inputs(call, match):
 
 @pytest.mark.slow
 def test_default_config_reaches_its_target(tmp_path):
-    summary = run_experiment(CONFIG, tmp_path, verbose=False)
-    assert summary["target_met"] is True
+    summary = runs.default_run(CONFIG, tmp_path)
     assert summary["test_sequence_accuracy"] >= 0.99 and summary["seq_len"] >= 16

@@ -95,7 +95,8 @@ def make_device_batch_fn(nan_at: int = -1):
 device_batch_fn = make_device_batch_fn()
 
 
-def bare_loop(num_steps: int):
+def bare_loop(num_steps: int, batch_fn=batch_fn):
+    """The reference: jit(step_fn) called num_steps times on batch_fn(i), no train_loop."""
     jstep = jax.jit(step_fn)
     state, losses = init_state(), []
     for i in range(num_steps):
@@ -366,18 +367,9 @@ def test_scan_path_log_and_checkpoint_schedule(tmp_path):
     steps = [int(s) for s in seen]
     assert len(steps) == 25 and set(steps) == set(range(23))  # never past num_steps - 1
     assert steps[-5:] == [20, 21, 22, 22, 22]  # discarded iterations repeat the last batch
-    ref_state, _ = bare_loop_of(device_batch_fn, 23)
+    ref_state, _ = bare_loop(23, device_batch_fn)
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=F32_RTOL, atol=F32_ATOL),
                  result.state, ref_state)
-
-
-def bare_loop_of(batch_fn, num_steps):
-    jstep = jax.jit(step_fn)
-    state, losses = init_state(), []
-    for i in range(num_steps):
-        state, metrics = jstep(state, batch_fn(i))
-        losses.append(float(metrics["loss"]))
-    return state, losses
 
 
 @pytest.mark.parametrize("first", [30, 23, 1])
