@@ -35,7 +35,7 @@ import shutil
 import statistics
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -467,6 +467,17 @@ def merge_record(path: Path, key: str, record: dict) -> None:
     Values JSON cannot hold are written as their ``str``.
     """
     update_json(path, lambda data: data.update({key: json.loads(json.dumps(record, default=str))}))
+
+
+def selected(parser: argparse.ArgumentParser, only: str, choices: Sequence[str],
+             what: str) -> list[str]:
+    """The names of a comma-separated ``--only`` (all ``choices`` if empty); an unknown name
+    is a usage error (``parser.error``)."""
+    names = [n.strip() for n in only.split(",") if n.strip()] or list(choices)
+    unknown = [n for n in names if n not in choices]
+    if unknown:
+        parser.error(f"unknown {what}(s) {unknown}; choose from {list(choices)}")
+    return names
 
 
 # --------------------------------------------------------------------------- device scripts

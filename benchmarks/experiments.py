@@ -48,7 +48,7 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._harness import cpu_model, merge_record
+from benchmarks._harness import cpu_model, merge_record, selected
 
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -144,10 +144,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="CPU results to compare a GPU/TPU run with")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(EXPERIMENTS)
-    unknown = [n for n in names if n not in EXPERIMENTS]
-    if unknown:
-        parser.error(f"unknown experiment(s) {unknown}; choose from {list(EXPERIMENTS)}")
+    names = selected(parser, args.only, EXPERIMENTS, "experiment")
 
     device = device_record()
     key = "experiments_quick" if args.quick else "experiments"

@@ -22,7 +22,7 @@ import sys
 import traceback
 from pathlib import Path
 
-from benchmarks._harness import cpu_model, update_json
+from benchmarks._harness import cpu_model, selected, update_json
 
 # benchmark name -> module that defines it in its BENCHMARKS dict
 REGISTRY = {
@@ -122,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
 
-    names = [n.strip() for n in args.only.split(",") if n.strip()] or list(REGISTRY)
-    unknown = [n for n in names if n not in REGISTRY]
-    if unknown:
-        parser.error(f"unknown benchmark(s) {unknown}; choose from {list(REGISTRY)}")
+    names = selected(parser, args.only, list(REGISTRY), "benchmark")
 
     machine = machine_info()
     print(f"# {machine['cpu_model']}, {machine['cpu_count']} cores, load "
