@@ -26,9 +26,9 @@ def _x(seed, *shape):
     return np.random.default_rng(seed).normal(size=shape).astype(np.float32)
 
 
-def _variables(model, *args, seed=0, **kwargs):
+def random_variables(model, *args, seed=0, **kwargs):
     """Random parameters (nonzero biases, scales near 1) and a zero cache, without compiling
-    ``init``: the shapes come from ``jax.eval_shape``."""
+    ``init``: the shapes come from ``jax.eval_shape``. (Also tests/test_transformer.py's.)"""
     shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
     rng = np.random.default_rng(seed)
 
@@ -42,7 +42,7 @@ def _variables(model, *args, seed=0, **kwargs):
 
 
 def _params(model, *args, **kwargs):
-    return _variables(model, *args, **kwargs)["params"]
+    return random_variables(model, *args, **kwargs)["params"]
 
 
 def _reference(p, xq, xkv, h, h_kv, mask=None, causal=False, norm=None, eps=1e-6):
@@ -98,7 +98,7 @@ _PERM_APPLY = jax.jit(_PERM_MODEL.apply)
 def test_self_attention_is_permutation_equivariant(perm):
     """Without positions, masks or causality, permuting the tokens permutes the outputs."""
     x = _x(0, B, L, D)
-    variables = _variables(_PERM_MODEL, x)
+    variables = random_variables(_PERM_MODEL, x)
     out = _PERM_APPLY(variables, x)
     np.testing.assert_allclose(_PERM_APPLY(variables, x[:, list(perm)]), out[:, list(perm)],
                                rtol=F32_LOOSE, atol=F32_LOOSE)
@@ -186,7 +186,7 @@ def test_decode_cache_equals_full_causal_attention(h_kv, chunks):
     params = _params(model, x)
     full = model.apply({"params": params}, x)
     decoder = model.clone(decode=True)
-    cache = _variables(decoder, x)["cache"]
+    cache = random_variables(decoder, x)["cache"]
     assert cache["cached_key"].shape == (B, L, h_kv, D // H)
     step = jax.jit(lambda c, xt: decoder.apply({"params": params, "cache": c}, xt,
                                                mutable=["cache"]))
@@ -215,7 +215,7 @@ def test_implementations_agree():
     outs = []
     for impl in ("xla", "blockwise"):
         model = MultiHeadAttention(H, num_kv_heads=2, is_causal=True, implementation=impl)
-        outs.append(jax.jit(model.apply)(_variables(model, x), x))
+        outs.append(jax.jit(model.apply)(random_variables(model, x), x))
     for out in outs[1:]:
         np.testing.assert_allclose(out, outs[0], rtol=F32_LOOSE, atol=F32_LOOSE)
 
@@ -255,7 +255,7 @@ def test_dropout_matches_flax_on_every_implementation(impl, broadcast):
 def test_dropout_deterministic_and_rng():
     x = _x(0, B, L, D)
     model = MultiHeadAttention(H, dropout_rate=0.5)
-    variables = _variables(model, x, deterministic=True)
+    variables = random_variables(model, x, deterministic=True)
     plain = MultiHeadAttention(H).apply(variables, x)
     np.testing.assert_allclose(model.apply(variables, x, deterministic=True), plain,
                                rtol=F32_LOOSE, atol=F32_LOOSE)
@@ -299,7 +299,7 @@ def test_gradients_float64(x64):
 def test_bfloat16_runs():
     x = _x(0, B, L, D)
     model = MultiHeadAttention(H, is_causal=True)
-    variables = _variables(model, x)
+    variables = random_variables(model, x)
     out = model.clone(dtype=jnp.bfloat16).apply(variables, x.astype(jnp.bfloat16))
     assert out.dtype == jnp.bfloat16
     np.testing.assert_allclose(out.astype(np.float32), model.apply(variables, x),
@@ -353,7 +353,7 @@ def test_bad_inputs(call, exc, msg):
 
 def test_decode_input_that_does_not_fit_the_cache():
     decoder = MultiHeadAttention(H, decode=True)
-    variables = _variables(decoder, X)
+    variables = random_variables(decoder, X)
     with pytest.raises(ValueError, match=r"cache holds keys of shape \(2, 6, 4, 4\)"):
         decoder.apply(variables, np.ones((3, 1, D), np.float32), mutable=["cache"])
     with pytest.raises(ValueError, match=r"at most L_max=6"):

@@ -1,5 +1,7 @@
-"""TransformerBlock, Transformer and TransformerLM: references, causality, decoding, training."""
+"""TransformerBlock, Transformer and TransformerLM: references, causality, decoding, training,
+and the fields they share with MultiHeadAttention."""
 
+import dataclasses
 import functools
 
 import flax.linen as nn
@@ -9,32 +11,20 @@ import numpy as np
 import optax
 import pytest
 
+from jaxmath.nn.mha import AttentionOptions, MultiHeadAttention
 from jaxmath.nn.transformer import (
     Transformer,
     TransformerBlock,
     TransformerLM,
     sinusoidal_positions,
 )
+from tests.test_mha import random_variables as _variables
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL, default_precision_tol
 
 NN = default_precision_tol()  # float32 layers at JAX's default precision
 
 BF16_ATOL = 1e-1  # bfloat16 blocks against float32
 B, L, D, H, V = 2, 8, 16, 4, 11
-
-
-def _variables(model, *args, seed=0, **kwargs):
-    """Random parameters (scales near 1) and a zero cache, without compiling ``init``."""
-    shapes = jax.eval_shape(lambda: model.init(jax.random.key(0), *args, **kwargs))
-    rng = np.random.default_rng(seed)
-
-    def fill(path, s):
-        if path[0].key == "cache":
-            return jnp.zeros(s.shape, s.dtype)
-        base = 1.0 if path[-1].key == "scale" else 0.0
-        return jnp.asarray(base + 0.3 * rng.normal(size=s.shape), s.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @functools.cache
@@ -188,6 +178,55 @@ def test_vmap_over_params_and_bfloat16():
                                atol=BF16_ATOL)
 
 
+# --------------------------------------------------------------------------- shared fields
+
+def _attention_layers(model, *args):
+    """Every MultiHeadAttention that ``model.init`` calls, as built."""
+    found = []
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, MultiHeadAttention) and context.method_name == "__call__":
+            found.append(context.module)
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        jax.eval_shape(lambda: model.init(jax.random.key(0), *args))
+    return found
+
+
+# A value other than the default for every field of AttentionOptions but num_heads,
+# is_causal and decode (set by the modules).
+OPTIONS = dict(num_kv_heads=2, dropout_rate=0.1, broadcast_dropout=False, deterministic=True,
+               qk_norm="rmsnorm", implementation="blockwise", dtype=jnp.float32,
+               param_dtype=jnp.float32, precision="highest")
+
+
+def test_every_attention_option_reaches_every_attention_layer():
+    """The options are declared once (AttentionOptions) and handed down: LM -> Transformer ->
+    blocks -> attention, with is_causal set by the LM and deterministic by the call."""
+    names = {f.name for f in dataclasses.fields(AttentionOptions)} - {"parent", "name"}
+    assert names == {*OPTIONS, "num_heads", "is_causal", "decode"}
+    for model, inputs in ((_lm(num_layers=2, **OPTIONS), TOKENS),
+                          (Transformer(2, D, H, decode=True, max_len=L, **OPTIONS),
+                           np.ones((B, L, 3), np.float32))):
+        layers = _attention_layers(model, inputs)
+        assert len(layers) == 2
+        for layer in layers:
+            got = {n: getattr(layer, n) for n in names}
+            assert got == {**{n: getattr(model, n) for n in names}, "is_causal": True,
+                           "deterministic": None}
+
+
+def test_construction_keeps_positional_fields_and_clone():
+    assert Transformer(1, D, H) == Transformer(num_layers=1, d_model=D, num_heads=H)
+    assert TransformerLM(V, 1, D, H) == _lm(max_len=512)
+    assert TransformerBlock(H).clone(decode=True).decode
+    for make in (lambda: TransformerBlock(H, 2), lambda: MultiHeadAttention(H, 2),
+                 lambda: Transformer(1, D, H, 4.0)):
+        with pytest.raises(TypeError, match="positional arguments"):
+            make()
+
+
 # --------------------------------------------------------------------------- bad inputs
 
 def _shape(model, *args):
@@ -198,7 +237,7 @@ TOKENS = np.zeros((B, L), np.int32)
 
 BAD_INPUTS = [
     (lambda: sinusoidal_positions(4, 5), ValueError, r"dim must be even"),
-    (lambda: sinusoidal_positions(0, 4), ValueError, r"length must be a positive int"),
+    (lambda: sinusoidal_positions(0, 4), ValueError, r"length must be >= 1"),
     (lambda: _shape(_lm(max_len=4), TOKENS), ValueError, r"L=8 exceeds max_len=4"),
     (lambda: _shape(_lm(positions="rotary"), TOKENS), ValueError, r"positions must be one of"),
     (lambda: _shape(_lm(num_kv_heads=3), TOKENS), ValueError,
@@ -211,6 +250,14 @@ BAD_INPUTS = [
      r"mlp_ratio"),
     (lambda: jax.jit(lambda t: _shape(_lm(max_len=4), t))(TOKENS), ValueError,
      r"exceeds max_len=4"),
+    (lambda: _shape(_lm(is_causal=False), TOKENS), ValueError,
+     r"a language model is causal: is_causal must be True"),
+    (lambda: _shape(_lm(num_layers=1.5), TOKENS), TypeError, r"num_layers must be an int"),
+    (lambda: _shape(_lm(vocab_size=0), TOKENS), ValueError, r"vocab_size must be >= 1"),
+    (lambda: _shape(Transformer(1, 0, H), np.ones((L, 3))), ValueError,
+     r"d_model must be >= 1"),
+    (lambda: _shape(_lm(dropout_rate=1.0, deterministic=True), TOKENS), ValueError,
+     r"dropout_rate must be in \[0, 1\)"),
 ]
 
 

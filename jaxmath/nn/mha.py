@@ -20,6 +20,7 @@ so its checkpoints load unchanged when ``H_kv = H``.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
@@ -38,11 +39,14 @@ Initializer = Callable[..., Array]
 QK_NORMS = ("layernorm", "rmsnorm")
 
 
-class MultiHeadAttention(nn.Module):
-    r"""Multi-head (and grouped-query) dot-product attention layer.
+class AttentionOptions(nn.Module):
+    r"""The fields a multi-head attention layer shares with the modules built on it.
 
-    See the module docstring for the equation. Self-attention when ``inputs_kv``
-    is None, cross-attention otherwise.
+    :class:`MultiHeadAttention` and the Transformer modules of
+    :mod:`jaxmath.nn.transformer` inherit these fields (Flax Linen modules are
+    dataclasses), so each option is declared and described once, here, and a module
+    hands its options on to the module it builds (``_options_of``). ``num_heads`` is
+    positional; the others are keyword-only. Not a layer itself.
 
     Attributes:
       num_heads: number of query heads ``H``.
@@ -50,40 +54,98 @@ class MultiHeadAttention(nn.Module):
         None (default) = ``num_heads``; fewer gives grouped-query attention (GQA),
         1 gives multi-query attention. K/V heads are not copied: each serves a
         group of ``G = H / H_kv`` query heads.
-      qkv_features: total query width ``H·d`` (default: ``inputs_q.shape[-1]``);
-        must be divisible by ``num_heads``. Keys and values have width ``H_kv·d``.
-      out_features: output width (default: ``inputs_q.shape[-1]``).
       dropout_rate: dropout probability on the attention weights, as
         ``flax.linen.MultiHeadDotProductAttention``: weights are zeroed with this
-        probability and rescaled by ``1/(1 - p)``, the same ``[Lq, Lk]`` pattern in
-        every batch element and head when ``broadcast_dropout``; the same ``'dropout'``
-        rng drops the same weights as flax's layer. It is an option of
+        probability and rescaled by ``1/(1 - p)`` after the softmax; the same
+        ``'dropout'`` rng drops the same weights as flax's layer. It is an option of
         :func:`~jaxmath.nn.attention.multi_head_attention` on every
         ``implementation`` but ``'cudnn'`` (which refuses it); with
-        ``deterministic=True`` or rate 0 the call is the one without dropout.
-      broadcast_dropout: share the dropout pattern over batch and heads.
+        ``deterministic=True`` or rate 0 the call is the one without dropout. The
+        Transformer modules also drop each residual branch (and :class:`Transformer`
+        the embedded inputs) at this rate.
+      broadcast_dropout: one ``[Lq, Lk]`` pattern of attention dropout shared by every
+        batch element and head (default, flax's), instead of one per weight.
       deterministic: disables dropout; merged with the call's argument (one of
         them must be set when ``dropout_rate > 0``).
-      is_causal: query ``i`` attends only to keys ``j <= i``.
+      is_causal: query ``i`` attends only to keys ``j <= i`` (top-left aligned).
       qk_norm: None, ``'layernorm'`` (as ViT-22B and flax's ``normalize_qk``: a
         LayerNorm without bias) or ``'rmsnorm'``, applied to each head's queries and
         keys over the head dimension ``d`` before the dot product.
       decode: autoregressive decoding with a ``'cache'`` collection (causal
-        self-attention). ``init`` with a full-length input ``[..., L_max, D]``
+        self-attention). ``init`` with a full-length input ``[..., L_max, ...]``
         creates zero caches of ``L_max`` keys and values; each ``apply`` with
-        ``mutable=['cache']`` then takes the next token(s) ``[..., n, D]``, writes
+        ``mutable=['cache']`` then takes the next token(s) ``[..., n, ...]``, writes
         their keys/values at the cache index and attends to everything cached so
         far. Feeding more than ``L_max`` tokens in total is not detected under jit.
       implementation: passed to :func:`~jaxmath.nn.attention.multi_head_attention`
         (``None``, ``'xla'``, ``'blockwise'``, ``'cudnn'`` or ``'pallas'``).
-      use_bias: biases in the four projections.
       dtype: computation dtype (default: inferred from inputs and params);
-        the softmax is computed in float32 whatever it is.
+        the attention's softmax is computed in float32 whatever it is.
       param_dtype: parameter dtype.
-      precision: of every matrix product: the four projections and the attention
-        itself. ``None`` (default) is JAX's default (TF32 for float32 on recent
-        NVIDIA GPUs, one bfloat16 pass on TPUs); ``"highest"`` gives float32
-        products on every backend.
+      precision: of every matrix product: projections, attention, MLPs. ``None``
+        (default) is JAX's default (TF32 for float32 on recent NVIDIA GPUs, one
+        bfloat16 pass on TPUs); ``"highest"`` gives float32 products on every
+        backend.
+    """
+
+    num_heads: int
+    _: dataclasses.KW_ONLY
+    num_kv_heads: int | None = None
+    dropout_rate: float = 0.0
+    broadcast_dropout: bool = True
+    deterministic: bool | None = None
+    is_causal: bool = False
+    qk_norm: str | None = None
+    decode: bool = False
+    implementation: str | None = None
+    dtype: Dtype | None = None
+    param_dtype: Dtype = jnp.float32
+    precision: lax.PrecisionLike = None
+
+    def _options_of(self, module: type[nn.Module], **overrides: Any) -> dict[str, Any]:
+        """This module's values of the fields of ``module`` (a class whose fields this
+        module has), with ``overrides``: the keyword arguments that build it."""
+        names = [f.name for f in dataclasses.fields(module)
+                 if f.init and f.name not in ("parent", "name")]
+        return {n: getattr(self, n) for n in names} | overrides
+
+    def _dropout_off(self, deterministic: bool | None) -> bool:
+        """Whether a call with this ``deterministic`` argument runs without dropout: a
+        rate of 0, or the argument merged with the field (``flax.linen.merge_param``:
+        ValueError when the rate is above 0 and both or neither are set)."""
+        return self.dropout_rate == 0.0 or nn.merge_param("deterministic", self.deterministic,
+                                                           deterministic)
+
+    def _check_options(self) -> int:
+        """Validate the options; return the number of key/value heads ``H_kv``."""
+        h = _checks.check_int(self.num_heads, "num_heads", 1)
+        h_kv = h if self.num_kv_heads is None else _checks.check_int(self.num_kv_heads,
+                                                                     "num_kv_heads", 1)
+        if h % h_kv:
+            raise ValueError(f"num_kv_heads={h_kv} must divide num_heads={h}")
+        _check_dropout_rate(self.dropout_rate)
+        if self.qk_norm is not None:
+            _checks.check_choice(self.qk_norm, "qk_norm", QK_NORMS)
+        if self.implementation is not None:
+            _checks.check_choice(self.implementation, "implementation", IMPLEMENTATIONS)
+        return h_kv
+
+
+class MultiHeadAttention(AttentionOptions, kw_only=True):
+    r"""Multi-head (and grouped-query) dot-product attention layer.
+
+    See the module docstring for the equation. Self-attention when ``inputs_kv``
+    is None, cross-attention otherwise.
+
+    Attributes:
+      num_heads, num_kv_heads, dropout_rate, broadcast_dropout, deterministic,
+        is_causal, qk_norm, decode, implementation, dtype, param_dtype, precision:
+        the fields of :class:`AttentionOptions`. ``precision`` is that of the four
+        projections and of the attention itself.
+      qkv_features: total query width ``H·d`` (default: ``inputs_q.shape[-1]``);
+        must be divisible by ``num_heads``. Keys and values have width ``H_kv·d``.
+      out_features: output width (default: ``inputs_q.shape[-1]``).
+      use_bias: biases in the four projections.
       kernel_init, bias_init: initialisers of the projections (flax's defaults:
         LeCun normal and zeros).
 
@@ -95,40 +157,20 @@ class MultiHeadAttention(nn.Module):
       (2, 5, 16)
     """
 
-    num_heads: int
-    num_kv_heads: int | None = None
     qkv_features: int | None = None
     out_features: int | None = None
-    dropout_rate: float = 0.0
-    broadcast_dropout: bool = True
-    deterministic: bool | None = None
-    is_causal: bool = False
-    qk_norm: str | None = None
-    decode: bool = False
-    implementation: str | None = None
     use_bias: bool = True
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    precision: lax.PrecisionLike = None
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
 
     def _check(self, features: int) -> tuple[int, int]:
         """Validate the attributes; return ``(H_kv, d)``."""
-        h = _checks.check_int(self.num_heads, "num_heads", 1)
-        h_kv = h if self.num_kv_heads is None else _checks.check_int(self.num_kv_heads,
-                                                                     "num_kv_heads", 1)
-        if h % h_kv:
-            raise ValueError(f"num_kv_heads={h_kv} must divide num_heads={h}")
+        h_kv = self._check_options()
         qkv = _checks.check_int(self.qkv_features or features, "qkv_features", 1)
-        if qkv % h:
-            raise ValueError(f"qkv_features={qkv} must be divisible by num_heads={h}")
-        _check_dropout_rate(self.dropout_rate)
-        if self.qk_norm is not None:
-            _checks.check_choice(self.qk_norm, "qk_norm", QK_NORMS)
-        if self.implementation is not None:
-            _checks.check_choice(self.implementation, "implementation", IMPLEMENTATIONS)
-        return h_kv, qkv // h
+        if qkv % self.num_heads:
+            raise ValueError(f"qkv_features={qkv} must be divisible by "
+                             f"num_heads={self.num_heads}")
+        return h_kv, qkv // self.num_heads
 
     def _project(self, x: Array, heads: int, head_dim: int, name: str) -> Array:
         """``[..., L, D] -> [..., L, heads, head_dim]``."""
@@ -215,8 +257,7 @@ class MultiHeadAttention(nn.Module):
         if self.decode:
             k, v, mask, is_causal = self._update_cache(k, v, mask)
 
-        dropout = self.dropout_rate > 0.0 and not nn.merge_param(
-            "deterministic", self.deterministic, deterministic)
+        dropout = not self._dropout_off(deterministic)
         out = multi_head_attention(
             q, k, v, mask=mask, is_causal=is_causal,
             dropout_rate=self.dropout_rate if dropout else 0.0,

@@ -13,6 +13,7 @@ logits head, and decodes token by token through the blocks' attention caches.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import flax.linen as nn
@@ -22,7 +23,7 @@ import numpy as np
 from jax import lax
 
 from jaxmath import _checks
-from jaxmath.nn.mha import MultiHeadAttention
+from jaxmath.nn.mha import AttentionOptions, MultiHeadAttention
 
 Array = jax.Array
 Dtype = Any
@@ -49,9 +50,8 @@ def sinusoidal_positions(length: int, dim: int, max_timescale: float = 10_000.0)
       Array([[0.        , 1.        , 0.        , 1.        ],
              [0.84147096, 0.5403023 , 0.00999983, 0.99995   ]], dtype=float32)
     """
-    for value, name in ((length, "length"), (dim, "dim")):
-        if not isinstance(value, int | np.integer) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"{name} must be a positive int, got {value!r}")
+    _checks.check_int(length, "length", 1)
+    _checks.check_int(dim, "dim", 1)
     if dim % 2:
         raise ValueError(f"dim must be even (sine/cosine pairs), got {dim}")
     inv_freq = max_timescale ** (-np.arange(0, dim, 2) / dim)
@@ -60,28 +60,56 @@ def sinusoidal_positions(length: int, dim: int, max_timescale: float = 10_000.0)
     return jnp.asarray(pe, dtype=jnp.float32)
 
 
-def _deterministic(rate: float, attribute: bool | None, argument: bool | None) -> bool:
-    """True when dropout is off: rate 0, or the merged ``deterministic`` flag."""
-    return rate == 0.0 or nn.merge_param("deterministic", attribute, argument)
+class TransformerOptions(AttentionOptions, kw_only=True):
+    r"""The fields of a Transformer block, which the stacks built of it share: those of
+    :class:`~jaxmath.nn.mha.AttentionOptions` and the width of the MLP.
+
+    Attributes:
+      mlp_ratio: MLP hidden width as a multiple of the model width ``D``.
+    """
+
+    mlp_ratio: float = 4.0
 
 
-class TransformerBlock(nn.Module):
+class _Stack(nn.Module):
+    """The fields :class:`Transformer` and :class:`TransformerLM` share beyond
+    :class:`TransformerOptions` (described in :class:`Transformer`).
+
+    A base listed after :class:`TransformerOptions`, so that its fields come first:
+    ``num_layers`` and ``d_model`` are the positional arguments before ``num_heads``.
+    """
+
+    num_layers: int
+    d_model: int
+    _: dataclasses.KW_ONLY
+    max_len: int = 512
+    positions: str = "learned"
+
+    def _check_stack(self) -> None:
+        _checks.check_int(self.num_layers, "num_layers", 0)
+        _checks.check_int(self.d_model, "d_model", 1)
+        _checks.check_int(self.max_len, "max_len", 1)
+        _checks.check_choice(self.positions, "positions", POSITIONS)
+
+
+class _Vocabulary(nn.Module):
+    """``vocab_size``, the first positional argument of :class:`TransformerLM`."""
+
+    vocab_size: int
+
+
+class TransformerBlock(TransformerOptions, kw_only=True):
     r"""Pre-LayerNorm Transformer block: attention and a gelu MLP, each with a residual.
 
     See the module docstring for the equations.
 
     Attributes:
-      num_heads, num_kv_heads, qk_norm, implementation: of the
-        :class:`~jaxmath.nn.mha.MultiHeadAttention` layer.
-      mlp_ratio: MLP hidden width as a multiple of the model width ``D``.
-      dropout_rate: dropout on the attention weights and on both residual branches.
-      deterministic: disables dropout; merged with the call's argument.
-      is_causal: causal self-attention.
-      decode: autoregressive decoding through the attention's ``'cache'``.
-      dtype, param_dtype: computation and parameter dtypes.
-      precision: of every matrix product (attention, projections, MLP): ``None``
-        (default) is JAX's default (TF32 for float32 on recent NVIDIA GPUs, one
-        bfloat16 pass on TPUs), ``"highest"`` float32 on every backend.
+      num_heads, num_kv_heads, dropout_rate, broadcast_dropout, deterministic,
+        is_causal, qk_norm, decode, implementation, dtype, param_dtype, precision,
+        mlp_ratio: the fields of :class:`TransformerOptions`: those of the
+        :class:`~jaxmath.nn.mha.MultiHeadAttention` layer (``dropout_rate`` also on
+        both residual branches, ``dtype``, ``param_dtype`` and ``precision`` also of
+        the LayerNorms and the MLP) and the MLP's width.
 
     Example:
       >>> block = TransformerBlock(num_heads=2, is_causal=True)
@@ -90,24 +118,11 @@ class TransformerBlock(nn.Module):
       (1, 4, 8)
     """
 
-    num_heads: int
-    num_kv_heads: int | None = None
-    mlp_ratio: float = 4.0
-    dropout_rate: float = 0.0
-    deterministic: bool | None = None
-    is_causal: bool = False
-    qk_norm: str | None = None
-    decode: bool = False
-    implementation: str | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    precision: lax.PrecisionLike = None
-
     @nn.compact
     def __call__(self, x: Array, *, mask: Array | None = None,
                  deterministic: bool | None = None) -> Array:
         """``[..., L, D] -> [..., L, D]``; ``mask`` as in MultiHeadAttention."""
-        det = _deterministic(self.dropout_rate, self.deterministic, deterministic)
+        det = self._dropout_off(deterministic)
         d = x.shape[-1]
         hidden = int(self.mlp_ratio * d)
         if hidden < 1:
@@ -116,19 +131,17 @@ class TransformerBlock(nn.Module):
         norm = dict(dtype=self.dtype, param_dtype=self.param_dtype)
         dense = dict(norm, precision=self.precision)
         h = nn.LayerNorm(name="ln_attn", **norm)(x)
-        h = MultiHeadAttention(
-            self.num_heads, num_kv_heads=self.num_kv_heads, dropout_rate=self.dropout_rate,
-            is_causal=self.is_causal, qk_norm=self.qk_norm, decode=self.decode,
-            implementation=self.implementation, name="attn", **dense)(h, mask=mask,
-                                                                      deterministic=det)
-        x = x + nn.Dropout(self.dropout_rate)(h, deterministic=det)
+        attention = MultiHeadAttention(**self._options_of(AttentionOptions, deterministic=None),
+                                       name="attn")
+        x = x + nn.Dropout(self.dropout_rate)(attention(h, mask=mask, deterministic=det),
+                                              deterministic=det)
         h = nn.LayerNorm(name="ln_mlp", **norm)(x)
         h = nn.gelu(nn.Dense(hidden, name="mlp_in", **dense)(h))
         h = nn.Dense(d, name="mlp_out", **dense)(h)
         return x + nn.Dropout(self.dropout_rate)(h, deterministic=det)
 
 
-class Transformer(nn.Module):
+class Transformer(TransformerOptions, _Stack, kw_only=True):
     r"""A stack of :class:`TransformerBlock` on embedded inputs: an encoder, or causal.
 
     .. math:: h_0 = E(x) + P, \quad h_{l} = \mathrm{Block}_l(h_{l-1}), \quad
@@ -140,20 +153,21 @@ class Transformer(nn.Module):
     Attributes:
       num_layers: number of blocks ``N``.
       d_model: model width ``D``.
-      num_heads, num_kv_heads, mlp_ratio, dropout_rate, qk_norm, implementation:
-        of every block.
-      vocab_size: token inputs ``[..., L]`` (ints in ``[0, vocab_size)``) if set;
-        continuous inputs ``[..., L, F]`` if None.
-      max_len: the largest ``L`` (size of the learned position table).
-      positions: ``'learned'`` (default; normal init, std 0.02) or ``'sinusoidal'``
-        (:func:`sinusoidal_positions`, ``D`` even).
+      num_heads, num_kv_heads, dropout_rate, broadcast_dropout, deterministic,
+        qk_norm, implementation, dtype, param_dtype, precision, mlp_ratio: the fields
+        of :class:`TransformerOptions`, for every block (``dropout_rate`` also on the
+        embedded inputs).
       is_causal: causal attention in every block (a decoder).
       decode: token-by-token decoding (implies causal): ``init`` with a
         ``[..., max_len]`` input creates the ``'cache'``; each ``apply`` with
         ``mutable=['cache']`` takes the next token(s) and their positions continue
         from the cached position. More than ``max_len`` tokens in total is not
         detected under jit.
-      deterministic, dtype, param_dtype, precision: as in :class:`TransformerBlock`.
+      vocab_size: token inputs ``[..., L]`` (ints in ``[0, vocab_size)``) if set;
+        continuous inputs ``[..., L, F]`` if None.
+      max_len: the largest ``L`` (size of the learned position table).
+      positions: ``'learned'`` (default; normal init, std 0.02) or ``'sinusoidal'``
+        (:func:`sinusoidal_positions`, ``D`` even).
 
     Example:
       >>> enc = Transformer(num_layers=1, d_model=8, num_heads=2, vocab_size=10, max_len=6)
@@ -162,23 +176,7 @@ class Transformer(nn.Module):
       (1, 4, 8)
     """
 
-    num_layers: int
-    d_model: int
-    num_heads: int
-    num_kv_heads: int | None = None
-    mlp_ratio: float = 4.0
-    dropout_rate: float = 0.0
     vocab_size: int | None = None
-    max_len: int = 512
-    positions: str = "learned"
-    is_causal: bool = False
-    qk_norm: str | None = None
-    decode: bool = False
-    implementation: str | None = None
-    deterministic: bool | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    precision: lax.PrecisionLike = None
 
     def _embed(self, inputs: Array) -> Array:
         """Tokens ``[..., L]`` or features ``[..., L, F]`` to ``[..., L, D]``."""
@@ -188,14 +186,14 @@ class Transformer(nn.Module):
             _checks.check_ndim(x, "inputs", min_ndim=2)
             return nn.Dense(self.d_model, name="input_proj", precision=self.precision,
                             **kwargs)(x)
+        vocab_size = _checks.check_int(self.vocab_size, "vocab_size", 1)
         tokens = jnp.asarray(inputs)
         _checks.check_integer(tokens, "inputs (tokens, since vocab_size is set)")
         _checks.check_ndim(tokens, "inputs", min_ndim=1)
-        return nn.Embed(self.vocab_size, self.d_model, name="embed", **kwargs)(tokens)
+        return nn.Embed(vocab_size, self.d_model, name="embed", **kwargs)(tokens)
 
     def _positions(self, length: int) -> Array:
         """``[L, D]`` encodings of the next ``L`` positions (after the cached ones)."""
-        _checks.check_choice(self.positions, "positions", POSITIONS)
         start = 0
         if self.decode:
             initialized = self.has_variable("cache", "position")
@@ -226,22 +224,19 @@ class Transformer(nn.Module):
         Returns:
           ``[..., L, D]`` hidden states after the final LayerNorm.
         """
-        det = _deterministic(self.dropout_rate, self.deterministic, deterministic)
+        self._check_stack()
+        det = self._dropout_off(deterministic)
         x = self._embed(inputs)
         x = x + self._positions(x.shape[-2]).astype(x.dtype)
         x = nn.Dropout(self.dropout_rate)(x, deterministic=det)
+        block = self._options_of(TransformerBlock, is_causal=self.is_causal or self.decode,
+                                 deterministic=None)
         for i in range(self.num_layers):
-            x = TransformerBlock(
-                self.num_heads, num_kv_heads=self.num_kv_heads, mlp_ratio=self.mlp_ratio,
-                dropout_rate=self.dropout_rate, is_causal=self.is_causal or self.decode,
-                qk_norm=self.qk_norm, decode=self.decode, implementation=self.implementation,
-                dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-                name=f"block_{i}",
-            )(x, mask=mask, deterministic=det)
+            x = TransformerBlock(**block, name=f"block_{i}")(x, mask=mask, deterministic=det)
         return nn.LayerNorm(dtype=self.dtype, param_dtype=self.param_dtype, name="ln_final")(x)
 
 
-class TransformerLM(nn.Module):
+class TransformerLM(TransformerOptions, _Stack, _Vocabulary, kw_only=True):
     r"""Decoder-only language model: causal :class:`Transformer` and a logits head.
 
     .. math:: p(x_{t+1} \mid x_{\le t}) = \mathrm{softmax}(W h_t), \qquad
@@ -253,10 +248,11 @@ class TransformerLM(nn.Module):
 
     Attributes:
       vocab_size: number of tokens ``V``.
-      num_layers, d_model, num_heads, num_kv_heads, mlp_ratio, dropout_rate,
-        max_len, positions, qk_norm, decode, implementation, deterministic, dtype,
-        param_dtype, precision: of the :class:`Transformer` trunk (``precision``
-        also of the logits head).
+      num_layers, d_model, num_heads, num_kv_heads, dropout_rate, broadcast_dropout,
+        deterministic, qk_norm, decode, implementation, dtype, param_dtype, precision,
+        mlp_ratio, max_len, positions: of the :class:`Transformer` trunk
+        (``precision`` also of the logits head).
+      is_causal: True, the only value a language model takes (False raises).
 
     Example:
       >>> lm = TransformerLM(vocab_size=10, num_layers=1, d_model=8, num_heads=2, max_len=6)
@@ -265,36 +261,17 @@ class TransformerLM(nn.Module):
       (1, 3, 10)
     """
 
-    vocab_size: int
-    num_layers: int
-    d_model: int
-    num_heads: int
-    num_kv_heads: int | None = None
-    mlp_ratio: float = 4.0
-    dropout_rate: float = 0.0
-    max_len: int = 512
-    positions: str = "learned"
-    qk_norm: str | None = None
-    decode: bool = False
-    implementation: str | None = None
-    deterministic: bool | None = None
-    dtype: Dtype | None = None
-    param_dtype: Dtype = jnp.float32
-    precision: lax.PrecisionLike = None
+    is_causal: bool = True
 
     @nn.compact
     def __call__(self, tokens: Array, *, mask: Array | None = None,
                  deterministic: bool | None = None) -> Array:
         """Tokens ``[..., L]`` to logits ``[..., L, V]`` (float32 or wider)."""
-        h = Transformer(
-            self.num_layers, self.d_model, self.num_heads, num_kv_heads=self.num_kv_heads,
-            mlp_ratio=self.mlp_ratio, dropout_rate=self.dropout_rate,
-            vocab_size=self.vocab_size, max_len=self.max_len, positions=self.positions,
-            is_causal=True, qk_norm=self.qk_norm, decode=self.decode,
-            implementation=self.implementation, deterministic=self.deterministic,
-            dtype=self.dtype, param_dtype=self.param_dtype, precision=self.precision,
-            name="trunk",
-        )(tokens, mask=mask, deterministic=deterministic)
+        if self.is_causal is not True:
+            raise ValueError(f"a language model is causal: is_causal must be True, got "
+                             f"{self.is_causal!r}")
+        h = Transformer(**self._options_of(Transformer), name="trunk")(
+            tokens, mask=mask, deterministic=deterministic)
         logits = nn.Dense(self.vocab_size, use_bias=False, dtype=self.dtype,
                           param_dtype=self.param_dtype, precision=self.precision,
                           name="head")(h)
