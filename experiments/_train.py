@@ -11,8 +11,9 @@ Two families of training, each used by more than one experiment:
 * denoising diffusion (:mod:`experiments.ddpm_2d`, :mod:`experiments.ddpm_digits`): Adam
   with gradient clipping and a schedule of its own length (:func:`make_clipped_adam`), a
   state that carries a moving average of the parameters (:func:`init_ema_state`), one
-  update on a minibatch drawn from the step (:func:`make_diffusion_step`), samplers timed
-  by :func:`compile_timed` and losses plotted by :func:`plot_losses`.
+  update on a minibatch drawn from the step (:func:`make_diffusion_step`), together
+  :func:`diffusion_training`; samplers timed by :func:`compile_timed` and losses plotted
+  by :func:`plot_losses`.
 
 Every step is a pure function of the state and the step's inputs, run by
 :func:`run_loop` (:func:`jaxmath.run.loop.train_loop` with the config's ``num_steps``,
@@ -187,6 +188,23 @@ def make_diffusion_step(model: DiffusionModel, tx: optax.GradientTransformation,
         params = optax.apply_updates(state["params"], updates)
         ema = optax.incremental_update(params, state["ema"], 1 - ema_decay)
         return {"params": params, "opt_state": opt_state, "ema": ema}, loss
+    return step
+
+
+def diffusion_training(model: DiffusionModel, config) -> tuple[Callable, Callable]:
+    """``(init_state, step)`` of a diffusion model trained on the config.
+
+    ``init_state(params)`` is :func:`init_ema_state` with the optimiser of
+    :func:`make_clipped_adam` on ``config.optim``, and ``step`` is
+    :func:`make_diffusion_step` with ``config.batch_size`` and ``config.optim.ema_decay``.
+    """
+    tx = make_clipped_adam(config.optim)
+    step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay)
+    return (lambda params: init_ema_state(params, tx)), step
+
+
+def step_number(step: int) -> int:
+    """The loop's ``batch_fn`` for a step that draws its own minibatch: the step number."""
     return step
 
 

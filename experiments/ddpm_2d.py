@@ -71,14 +71,7 @@ from jaxmath.metrics import median_bandwidth, mmd_squared, sliced_wasserstein
 from jaxmath.run.datasets import TOY_2D
 from jaxmath.run.report import save_figure
 
-from ._train import (
-    compile_timed,
-    init_ema_state,
-    make_clipped_adam,
-    make_diffusion_step,
-    plot_losses,
-    run_loop,
-)
+from ._train import compile_timed, diffusion_training, plot_losses, run_loop, step_number
 
 # --------------------------------------------------------------------------- data
 
@@ -136,11 +129,6 @@ def _plot_samples(names, heldout, ddpm, ddim, scores, ddim_steps, T) -> Figure:
 # --------------------------------------------------------------------------- run
 
 
-def _step_number(step):
-    """The loop's ``batch_fn``: the batch is the step number; the step draws the data."""
-    return step
-
-
 
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
@@ -156,14 +144,13 @@ def run(config, workdir) -> dict:
     model = DiffusionModel(MLPDenoiser(features=m.features, num_blocks=m.num_blocks),
                            m.schedule, num_timesteps=m.num_timesteps,
                            prediction_type=m.prediction_type)
-    tx = make_clipped_adam(config.optim)
+    init_state, step = diffusion_training(model, config)
     x_init = jnp.zeros((2, 2))  # shapes only
     params = jax.jit(jax.vmap(lambda k: model.init(k, x_init, jnp.zeros(len(x_init), jnp.int32))))(
         jax.random.split(k_init, D))
-    state = jax.vmap(lambda p: init_ema_state(p, tx))(params)
+    state = jax.vmap(init_state)(params)
 
     # One vmapped step trains all D models; the loop passes the step number as the batch.
-    step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay)
     train, train_keys = jnp.asarray(data["train"]), jax.random.split(k_train, D)
 
     def step_fn(state, s):
@@ -171,7 +158,7 @@ def run(config, workdir) -> dict:
         metrics = {f"loss_{name}": losses[i] for i, name in enumerate(names)}
         return state, {"loss": jnp.mean(losses), **metrics}
 
-    result, timing = run_loop(config, workdir, state, step_fn, _step_number, desc="ddpm_2d")
+    result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_2d")
     params = result.state["ema"]
 
     # Sampling: DDPM (T steps) and DDIM (T / ddim_factor steps) from the same x_T.

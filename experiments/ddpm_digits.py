@@ -73,14 +73,7 @@ from jaxmath.metrics import median_bandwidth, mmd_squared
 from jaxmath.run.report import save_figure
 
 from ._data import load_sklearn
-from ._train import (
-    compile_timed,
-    init_ema_state,
-    make_clipped_adam,
-    make_diffusion_step,
-    plot_losses,
-    run_loop,
-)
+from ._train import compile_timed, diffusion_training, plot_losses, run_loop, step_number
 
 
 def load_digits(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -143,11 +136,6 @@ def _classifier_checks(train, train_labels, sets: dict[str, np.ndarray]) -> dict
     return out
 
 
-def _step_number(step):
-    """The loop's ``batch_fn``: the batch is the step number; the step draws the digits."""
-    return step
-
-
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
     key = jax.random.key(config.seed)
@@ -161,19 +149,18 @@ def run(config, workdir) -> dict:
                 mid_attention=m.mid_attention, num_heads=m.num_heads, num_groups=m.num_groups)
     model = DiffusionModel(unet, m.schedule, num_timesteps=m.num_timesteps,
                            prediction_type=m.prediction_type)
-    tx = make_clipped_adam(config.optim)
+    init_state, step = diffusion_training(model, config)
     x_init = jnp.zeros((2, 8, 8, 1))
     params = jax.jit(model.init)(k_init, x_init, jnp.zeros(2, jnp.int32))
-    state = init_ema_state(params, tx)
+    state = init_state(params)
 
-    step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay)
     data = jnp.asarray(train)
 
     def step_fn(state, s):
         state, loss = step(state, s, data, k_train)
         return state, {"loss": loss}
 
-    result, timing = run_loop(config, workdir, state, step_fn, _step_number, desc="ddpm_digits")
+    result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_digits")
 
     # Sampling, compiled ahead of time.
     sc, n = config.sample, config.sample.num_samples
