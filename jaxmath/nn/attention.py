@@ -551,14 +551,14 @@ def _check_and_choose(q, k, v, *, mask, bias, key_lengths, is_causal, scale, imp
 def _run(q, k, v, *, dropout_rate, dropout_rng, broadcast_dropout, heads, **options
          ) -> jax.Array:
     """Check, choose the path and run the compiled program (both layouts)."""
-    dropout = _check_dropout(dropout_rate, dropout_rng, broadcast_dropout)
-    c = _check_and_choose(q, k, v, dropout=dropout, heads=heads, **options)
+    c = _check_and_choose(q, k, v, heads=heads, **options,
+                          dropout=_check_dropout(dropout_rate, dropout_rng, broadcast_dropout))
     static = isinstance(c.scale, float)
     return _attention(*c.call[:6], None if static else c.scale,
-                      None if dropout is None else dropout_rng, is_causal=c.is_causal,
+                      None if c.dropout is None else dropout_rng, is_causal=c.is_causal,
                       scale=c.scale if static else None, path=c.path, fallback=c.fallback,
                       blocks=c.blocks, scores_shape=c.call.scores_shape, heads=heads,
-                      precision=c.precision, dropout=dropout)
+                      precision=c.precision, dropout=c.dropout)
 
 
 # --------------------------------------------------------------------------- public functions
