@@ -126,13 +126,21 @@ def check_same_shape(a: jax.Array, b: jax.Array, name_a: str, name_b: str) -> No
             f"{name_a}.shape={tuple(a.shape)} and {name_b}.shape={tuple(b.shape)}")
 
 
-def broadcast_shapes(*named: tuple[jax.Array, str]) -> tuple[int, ...]:
-    """The broadcast shape of the arrays; ValueError naming them all if there is none."""
+def broadcast_shapes(*named: tuple[jax.Array | tuple[int, ...], str],
+                     what: str = "shapes") -> tuple[int, ...]:
+    """The broadcast shape of named arrays or shapes; ValueError naming them all if none.
+
+    Each entry is ``(array, name)``, listed as ``name.shape=...``, or ``(shape, name)``
+    for a shape no array holds (part of one, or a result's), listed as ``name=...``.
+    ``what`` is the subject of the message: "``what`` do not broadcast: ...".
+    """
+    shapes = [(tuple(x) if isinstance(x, tuple) else tuple(x.shape),
+               name if isinstance(x, tuple) else f"{name}.shape") for x, name in named]
     try:
-        return tuple(np.broadcast_shapes(*(tuple(a.shape) for a, _ in named)))
+        return tuple(np.broadcast_shapes(*(shape for shape, _ in shapes)))
     except ValueError:
-        shapes = ", ".join(f"{n}.shape={tuple(a.shape)}" for a, n in named)
-        raise ValueError(f"shapes do not broadcast: {shapes}") from None
+        listed = ", ".join(f"{name}={shape}" for shape, name in shapes)
+        raise ValueError(f"{what} do not broadcast: {listed}") from None
 
 
 def check_choice(value: object, name: str, choices: Iterable[object]) -> None:

@@ -51,9 +51,9 @@ import numpy as np
 
 from jaxmath import _checks
 from jaxmath._precision import check_precision
+from jaxmath.nn import _softmax_kernels
 from jaxmath.nn.blockwise_attention import DEFAULT_BLOCK_K, DEFAULT_BLOCK_Q, blockwise_attention
 from jaxmath.nn.pallas_attention import pallas_attention, pallas_supported
-from jaxmath.nn.softmax import softmax
 
 ArrayLike = jax.typing.ArrayLike
 
@@ -95,19 +95,6 @@ class _Call(NamedTuple):
     scores_shape: tuple[int, ...]
 
 
-def _broadcast(*named: tuple[tuple[int, ...], str], what: str) -> tuple[int, ...]:
-    """Broadcast shape of named shapes; ValueError naming them all if there is none.
-
-    ``_checks.broadcast_shapes`` with a subject (``what``) and shapes given as tuples
-    (parts of an array's shape, or the scores' shape, which no array holds yet).
-    """
-    try:
-        return tuple(np.broadcast_shapes(*(shape for shape, _ in named)))
-    except ValueError:
-        listed = ", ".join(f"{name}={shape}" for shape, name in named)
-        raise ValueError(f"{what} do not broadcast: {listed}") from None
-
-
 def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | None,
                   bias: jax.Array | None, key_lengths: jax.Array | None,
                   heads: bool = False) -> tuple[int, ...]:
@@ -135,17 +122,17 @@ def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
         if h_kv == 0 or h % h_kv:
             raise ValueError(f"the number of query heads H={h} must be a multiple of the "
                              f"number of key/value heads H_kv={h_kv} (axis -2 of q and k)")
-    lead = _broadcast(*((x.shape[:seq], f"{name}.shape[:{seq}]") for x, name in
-                        ((q, "q"), (k, "k"), (v, "v"))),
-                      what="the leading (batch) axes of q, k, v")
+    lead = _checks.broadcast_shapes(
+        *((x.shape[:seq], f"{name}.shape[:{seq}]") for x, name in ((q, "q"), (k, "k"), (v, "v"))),
+        what="the leading (batch) axes of q, k, v")
     tail = (q.shape[-2],) if heads else ()
     scores = (*lead, *tail, q.shape[seq], k.shape[seq])
     what = "[..., H, Lq, Lk]" if heads else "[..., Lq, Lk]"
     for x, name in ((mask, "mask"), (bias, "bias")):
         if x is None:
             continue
-        full = _broadcast((scores, "scores"), (tuple(x.shape), f"{name}.shape"),
-                          what=f"the scores {what} and {name}")
+        full = _checks.broadcast_shapes((scores, "scores"), (x, name),
+                                        what=f"the scores {what} and {name}")
         if full[len(full) - len(tail) - 2:] != scores[len(scores) - len(tail) - 2:]:
             raise ValueError(f"{name} must broadcast to the scores {what} = [..., "
                              f"{', '.join(map(str, scores[len(scores) - len(tail) - 2:]))}], "
@@ -153,8 +140,8 @@ def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array | No
         scores = full
     if key_lengths is not None:
         batch = scores[:len(scores) - len(tail) - 2]
-        full = _broadcast((batch, "batch"), (tuple(key_lengths.shape), "key_lengths.shape"),
-                          what="the batch axes [...] and key_lengths")
+        full = _checks.broadcast_shapes((batch, "batch"), (key_lengths, "key_lengths"),
+                                        what="the batch axes [...] and key_lengths")
         if len(full) > len(batch):
             raise ValueError(f"key_lengths must broadcast to the batch axes {batch}, got "
                              f"key_lengths.shape={tuple(key_lengths.shape)}")
@@ -362,7 +349,7 @@ def _attention_xla(call: _Call, is_causal: bool, scale, blocks, precision,
     if bias is not None:
         logits = logits + bias.astype(compute_dtype)
     keep = _keep_mask(mask, bias, key_lengths, is_causal, q.shape[-2], k.shape[-2])
-    probs = softmax(jnp.broadcast_to(logits, scores_shape), axis=-1, where=keep)
+    probs = _softmax_kernels.softmax(jnp.broadcast_to(logits, scores_shape), -1, keep)
     if dropout is not None:
         probs = probs * (dropout.astype(compute_dtype)
                          / jnp.asarray(1.0 - dropout_rate, compute_dtype))

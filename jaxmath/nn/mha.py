@@ -134,8 +134,11 @@ class AttentionOptions(nn.Module):
 class MultiHeadAttention(AttentionOptions, kw_only=True):
     r"""Multi-head (and grouped-query) dot-product attention layer.
 
-    See the module docstring for the equation. Self-attention when ``inputs_kv``
-    is None, cross-attention otherwise.
+    .. math:: \mathrm{MHA}(X_q, X_{kv}) = \sum_{h=1}^{H} O_h W^O_h + b^O, \qquad
+       O_h = \mathrm{softmax}\Big(\frac{Q_h K_{g(h)}^T}{\sqrt{d}}\Big) V_{g(h)}
+
+    with the projections and the grouping :math:`g(h)` of the module docstring.
+    Self-attention when ``inputs_kv`` is None, cross-attention otherwise.
 
     Attributes:
       num_heads, num_kv_heads, dropout_rate, broadcast_dropout, deterministic,
