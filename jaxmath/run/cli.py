@@ -30,8 +30,8 @@ summary.
 
 Several cores, one sweep: ``--cpu-devices N`` exposes N CPU devices
 (:func:`jaxmath.run.startup.use_cpu_devices`) and :func:`jaxmath.run.sweep.run_sweep` shards
-each sweep over them; on the 2-core machine the MLP
-sweep benchmark ran 1.25-1.6x faster on 2 devices than on 1, with the same results.
+each sweep over them; on the 2-core machine the MLP sweep benchmark ran 1.25-1.6x faster on
+2 devices than on 1, with the same results.
 
 Exit status: 0 on success; 2 for a usage or config error (one line on stderr, no traceback);
 1 when the run stops on a non-finite loss (one line naming the step); 130 when interrupted
@@ -65,6 +65,8 @@ from jaxmath.run.config import (
     load_config,
     resolve_spec,
 )
+from jaxmath.run.files import atomic_write_json
+from jaxmath.run.report import summary_table, write_report, write_summary
 
 __all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "load_experiment", "main",
            "run_experiment"]
@@ -245,9 +247,6 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
         from jax.experimental import multihost_utils
 
         multihost_utils.sync_global_devices("jaxmath.run.cli: workdir checked")
-
-    from jaxmath.run.files import atomic_write_json
-    from jaxmath.run.report import summary_table, write_report, write_summary
 
     if writer:
         workdir.mkdir(parents=True, exist_ok=True)
