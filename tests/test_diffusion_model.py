@@ -8,13 +8,13 @@ import numpy as np
 import optax
 import pytest
 
-from jaxmath.datasets import gaussian_mixture
 from jaxmath.diffusion.denoisers import MLPDenoiser, UNet
 from jaxmath.diffusion.losses import diffusion_loss
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.diffusion.process import q_sample
 from jaxmath.diffusion.samplers import ddim_sample
 from jaxmath.diffusion.schedules import cosine_schedule, linear_schedule, make_schedule
+from jaxmath.run.datasets import gaussian_mixture
 from tests.test_diffusion_denoisers import mlp_reference, random_variables
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL, default_precision_tol
 

@@ -19,6 +19,7 @@ from jaxmath.optim import (
     gradient_descent_sweep,
     optimize,
 )
+from jaxmath.run.tour import numpy_gradient_descent
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL, F64_ATOL, F64_RTOL
 
 X_SEED = np.array([[1.0, 1.0], [1.0, 2.0], [1.0, 3.0]])
@@ -26,16 +27,6 @@ Y_SEED = np.array([1.0, 2.0, 3.0])
 # Gradient descent in float32 over 1,000 steps accumulates rounding: compare with
 # a float64 reference to this (absolute) tolerance.
 GD_F32_ATOL = 1e-4
-
-
-def seed_gradient_descent(X, y, lr=0.01, epochs=1000):
-    """The seed's NumPy implementation, verbatim (float64)."""
-    m, n = X.shape
-    theta = np.zeros(n)
-    for _ in range(epochs):
-        gradient = (1/m) * X.T @ (X @ theta - y)
-        theta -= lr * gradient
-    return theta
 
 
 def gd_closed_form(X, y, lr, steps, theta0):
@@ -67,7 +58,7 @@ def quadratic(theta):
 
 def test_seed_example_against_numpy_loop_and_closed_form():
     """The seed's problem: lr 0.01, 1,000 steps. Its comment says "~[0., 1.]"."""
-    want = seed_gradient_descent(X_SEED, Y_SEED)
+    want = numpy_gradient_descent(X_SEED, Y_SEED)
     closed = gd_closed_form(X_SEED, Y_SEED, 0.01, 1000, np.zeros(2))
     np.testing.assert_allclose(want, closed, rtol=F64_RTOL, atol=F64_ATOL)
     theta, losses = gradient_descent(seed_loss, jnp.zeros(2), 0.01, 1000)
@@ -222,7 +213,7 @@ def test_sweep_matches_loop(chunk_size):
 def test_sweep_matches_seed_numpy_loop():
     theta, _ = gradient_descent_sweep(seed_loss, jnp.zeros(2), LRS, 1000)
     for i, lr in enumerate(LRS):
-        np.testing.assert_allclose(theta[i], seed_gradient_descent(X_SEED, Y_SEED, float(lr)),
+        np.testing.assert_allclose(theta[i], numpy_gradient_descent(X_SEED, Y_SEED, float(lr)),
                                    atol=GD_F32_ATOL)
 
 
