@@ -1,4 +1,4 @@
-r"""Scaled dot-product attention: masks, bias, causal, GQA, and three implementations.
+r"""Scaled dot-product attention: masks, bias, causal, GQA, and four implementations.
 
 Two layouts share one set of options:
 
