@@ -19,6 +19,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jaxmath.run.config import apply_variant
+from jaxmath.run.mesh import mesh_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -63,6 +64,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "bandwidth_points": 1000,   # held-out points for the median-heuristic MMD bandwidth
         "target_factor": 2.0,       # target: SW_2(DDPM, held-out) <= factor x reference
     })
+    # devices: the batch over data x fsdp, weights sharded over fsdp (docs/scaling.md)
+    config.mesh = mesh_config()
     return apply_variant(config, variant, quick={
         "data.datasets": ("two_moons", "eight_gaussians"),
         "data.num_train": 512,

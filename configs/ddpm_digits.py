@@ -20,6 +20,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jaxmath.run.config import apply_variant
+from jaxmath.run.mesh import mesh_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -63,6 +64,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.num_reference = 4            # training-digit subsets for the reference MMD
     config.grid_rows = 10
     config.target_factor = 2.0          # target: MMD(samples, held-out) <= factor x reference
+    # devices: the batch over data x fsdp, weights sharded over fsdp (docs/scaling.md)
+    config.mesh = mesh_config()
     return apply_variant(config, variant, quick={
         "model.channels": 8,
         "model.channel_mults": (1,),

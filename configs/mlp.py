@@ -14,6 +14,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from jaxmath.run.config import apply_variant
+from jaxmath.run.mesh import mesh_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -42,6 +43,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "weight_decay": 1e-4,
     })
     config.target_accuracy = 0.97    # digits test accuracy
+    # devices: the batch over data x fsdp, weights sharded over fsdp (docs/scaling.md)
+    config.mesh = mesh_config()
     return apply_variant(config, variant, quick={
         "num_steps": 20,
         "log_every": 10,

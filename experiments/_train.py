@@ -36,9 +36,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from matplotlib.figure import Figure
 
+from jaxmath._checks import is_tracer
 from jaxmath.run.loop import TrainResult, train_loop
+from jaxmath.run.mesh import (
+    MIN_SHARD_SIZE,
+    batch_sharding,
+    check_batch,
+    process_rows,
+    shard_init,
+)
+from jaxmath.run.mesh import from_config as mesh_from_config
 
 if TYPE_CHECKING:
     from jaxmath.diffusion.model import DiffusionModel
@@ -49,18 +59,31 @@ PyTree = Any
 # ----------------------------------------------------------------- initialisation
 
 
-def fast_init(init_fn: Callable[[jax.Array], PyTree], key: jax.Array) -> PyTree:
+def training_mesh(config) -> Mesh:
+    """The run's device mesh from ``config.mesh`` (:mod:`jaxmath.run.mesh`), checked against
+    ``config.batch_size``: a ConfigError names the values before any work."""
+    mesh = mesh_from_config(config.mesh)
+    check_batch(config.batch_size, mesh)
+    return mesh
+
+
+def fast_init(init_fn: Callable[[jax.Array], PyTree], key: jax.Array,
+              mesh: Mesh | None = None, min_shard_size: int = MIN_SHARD_SIZE) -> PyTree:
     """``init_fn(key)`` (e.g. a Flax ``model.init``) in one jitted call, fast to compile.
 
     It is traced with the non-partitionable threefry: on CPU, XLA compiles the
     partitionable threefry (JAX's default) of every 3-D or 4-D parameter's initialiser in
     seconds, which dominated the start-up of the convolutional and attention models. The
-    values differ from the default's, the distribution is the same.
+    values differ from the default's, the distribution is the same. With a ``mesh``, the
+    result is computed straight into :func:`jaxmath.run.mesh.state_shardings`' layout
+    (same values).
     """
     # (a JAX without the switch just compiles the default, more slowly)
     switch = getattr(jax, "threefry_partitionable", None)
     with switch(False) if switch is not None else contextlib.nullcontext():
-        return jax.jit(init_fn)(key)
+        if mesh is None:
+            return jax.jit(init_fn)(key)
+        return shard_init(init_fn, key, mesh=mesh, min_size=min_shard_size)
 
 
 def count_params(params: PyTree) -> int:
@@ -80,16 +103,18 @@ def make_adamw(optim, num_steps: int) -> optax.GradientTransformation:
 
 
 def init_state(init_params: Callable[[jax.Array], PyTree], key: jax.Array,
-               optimizer: optax.GradientTransformation) -> dict:
+               optimizer: optax.GradientTransformation, mesh: Mesh | None = None,
+               min_shard_size: int = MIN_SHARD_SIZE) -> dict:
     """The training state ``{"params", "opt_state"}``, a plain pytree (what is checkpointed).
 
-    ``init_params(key)`` initialises the parameters (see :func:`fast_init`).
+    ``init_params(key)`` initialises the parameters (see :func:`fast_init`), placed on
+    ``mesh`` if given.
     """
     def init(key):
         params = init_params(key)
         return {"params": params, "opt_state": optimizer.init(params)}
 
-    return fast_init(init, key)
+    return fast_init(init, key, mesh, min_shard_size)
 
 
 def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Callable:
@@ -110,13 +135,32 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
 
 def train_classifier(config, workdir, init_params: Callable[[jax.Array], PyTree],
                      key: jax.Array, loss_fn: Callable, batch_fn: Callable, *, desc: str,
-                     metrics_fn: Callable) -> tuple[TrainResult, dict[str, Any]]:
+                     metrics_fn: Callable, mesh: Mesh) -> tuple[TrainResult, dict[str, Any]]:
     """A classifier's training: AdamW on the config's schedule (:func:`make_adamw`), the
-    state from ``init_params(key)`` (:func:`init_state`), one update per step on
-    ``loss_fn`` (:func:`make_step`), run by :func:`run_loop`: ``(result, timing)``."""
+    state from ``init_params(key)`` (:func:`init_state`) on ``mesh``, one update per step
+    on ``loss_fn`` (:func:`make_step`), run by :func:`run_loop`: ``(result, timing)``."""
     optimizer = make_adamw(config.optim, config.num_steps)
-    return run_loop(config, workdir, init_state(init_params, key, optimizer),
-                    make_step(loss_fn, optimizer), batch_fn, desc=desc, metrics_fn=metrics_fn)
+    state = init_state(init_params, key, optimizer, mesh, config.mesh.min_shard_size)
+    return run_loop(config, workdir, state, make_step(loss_fn, optimizer), batch_fn, desc=desc,
+                    metrics_fn=metrics_fn, mesh=mesh)
+
+
+def process_batches(batch_fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
+    """``batch_fn(step)`` (the global batch) as the loop takes it on ``mesh``.
+
+    Traced (the loop's scan), it is ``batch_fn`` itself: the loop splits the global
+    batch over the devices. Called with a Python int (one call per step), it returns
+    this process's rows of the global batch (:func:`jaxmath.run.mesh.process_rows`):
+    all of them in a single process.
+    """
+    rows = process_rows(batch_size, batch_sharding(mesh))
+    if rows == slice(0, batch_size):
+        return batch_fn
+
+    def local(step):
+        batch = batch_fn(step)
+        return batch if is_tracer(step) else jax.tree.map(lambda x: x[rows], batch)
+    return local
 
 
 def accuracy(logits: jax.Array, labels: jax.Array) -> jax.Array:
@@ -171,17 +215,20 @@ def init_ema_state(params: PyTree, tx: optax.GradientTransformation) -> dict[str
 
 
 def make_diffusion_step(model: DiffusionModel, tx: optax.GradientTransformation,
-                        batch_size: int, ema_decay: float) -> Callable:
+                        batch_size: int, ema_decay: float, mesh: Mesh | None = None) -> Callable:
     r"""``step(state, s, data, key) -> (state, loss)``: one Adam update on a minibatch.
 
     The minibatch (``batch_size`` rows of ``data`` drawn with replacement) and the loss's
     timesteps and noise come from ``fold_in(key, s)``: a function of the step alone. The
     moving average :math:`\bar\theta \leftarrow \beta \bar\theta + (1 - \beta)\theta`
-    (:math:`\beta` = ``ema_decay``) is what is sampled from.
+    (:math:`\beta` = ``ema_decay``) is what is sampled from. On a ``mesh``, the
+    minibatch is split over its data axes (each device draws its own rows of it).
     """
     def step(state: PyTree, s: jax.Array, data: jax.Array, key: jax.Array):
         k_batch, k_loss = jax.random.split(jax.random.fold_in(key, s))
         x0 = data[jax.random.randint(k_batch, (batch_size,), 0, data.shape[0])]
+        if mesh is not None:
+            x0 = jax.lax.with_sharding_constraint(x0, batch_sharding(mesh))
         loss, grads = jax.value_and_grad(
             lambda p: model.apply(p, x0, k_loss, method="loss"))(state["params"])
         updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -191,15 +238,17 @@ def make_diffusion_step(model: DiffusionModel, tx: optax.GradientTransformation,
     return step
 
 
-def diffusion_training(model: DiffusionModel, config) -> tuple[Callable, Callable]:
+def diffusion_training(model: DiffusionModel, config,
+                       mesh: Mesh | None = None) -> tuple[Callable, Callable]:
     """``(init_state, step)`` of a diffusion model trained on the config.
 
     ``init_state(params)`` is :func:`init_ema_state` with the optimiser of
     :func:`make_clipped_adam` on ``config.optim``, and ``step`` is
-    :func:`make_diffusion_step` with ``config.batch_size`` and ``config.optim.ema_decay``.
+    :func:`make_diffusion_step` with ``config.batch_size`` and ``config.optim.ema_decay``,
+    its minibatch split over ``mesh``.
     """
     tx = make_clipped_adam(config.optim)
-    step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay)
+    step = make_diffusion_step(model, tx, config.batch_size, config.optim.ema_decay, mesh)
     return (lambda params: init_ema_state(params, tx)), step
 
 
@@ -212,17 +261,25 @@ def step_number(step: int) -> int:
 
 
 def run_loop(config, workdir, state: PyTree, step_fn: Callable, batch_fn: Callable, *,
-             desc: str, metrics_fn: Callable | None = None) -> tuple[TrainResult, dict[str, Any]]:
+             desc: str, metrics_fn: Callable | None = None,
+             mesh: Mesh | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """``train_loop`` on the config's schedule, timed: ``(result, loop_timing(...))``.
 
     The config gives ``num_steps``, ``log_every``, ``checkpoint_every`` and
-    ``steps_per_call``; ``desc`` labels the progress bar.
+    ``steps_per_call``; ``desc`` labels the progress bar. With a ``mesh``, ``batch_fn``
+    returns the global batch and the loop splits it over the mesh's data axes
+    (:func:`process_batches`); the state arrives placed on the mesh.
     """
     t_start = time.perf_counter()
+    sharding = None
+    if mesh is not None and batch_fn is not step_number:
+        batch_fn = process_batches(batch_fn, mesh, config.batch_size)
+        sharding = batch_sharding(mesh)
     result = train_loop(state, step_fn, batch_fn, num_steps=config.num_steps,
                         workdir=workdir, log_every=config.log_every,
                         checkpoint_every=config.checkpoint_every, desc=desc,
-                        metrics_fn=metrics_fn, steps_per_call=config.steps_per_call)
+                        metrics_fn=metrics_fn, steps_per_call=config.steps_per_call,
+                        batch_sharding=sharding)
     return result, loop_timing(result, time.perf_counter() - t_start)
 
 

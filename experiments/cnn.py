@@ -51,10 +51,18 @@ from matplotlib.figure import Figure
 from jaxmath._checks import check_ndim
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn import Conv2D
+from jaxmath.run.mesh import on_every_device
 from jaxmath.run.report import save_figure
 
 from ._data import DIGITS_MAX, load_sklearn
-from ._train import accuracy, classifier_summary, count_params, plot_curves, train_classifier
+from ._train import (
+    accuracy,
+    classifier_summary,
+    count_params,
+    plot_curves,
+    train_classifier,
+    training_mesh,
+)
 
 SIDE = 8  # the digits are SIDE x SIDE images
 
@@ -155,7 +163,8 @@ def _plot_filters(kernel: np.ndarray) -> Figure:
 
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
-    x_train, y_train, x_test, y_test = load_digits(config)
+    mesh = training_mesh(config)
+    x_train, y_train, x_test, y_test = on_every_device(load_digits(config), mesh)
     key_init, key_batch = jax.random.split(jax.random.key(config.seed))
     model = CNN(tuple(config.model.features), config.model.hidden, num_classes=10)
 
@@ -181,7 +190,7 @@ def run(config, workdir) -> dict:
 
     result, timing = train_classifier(config, workdir, lambda key: model.init(key, x_train[:1]),
                                       key_init, loss_fn, batch_fn, desc="cnn",
-                                      metrics_fn=evaluate)
+                                      metrics_fn=evaluate, mesh=mesh)
     params = result.state["params"]
     final = evaluate(result.state)
     predictions = np.asarray(test_predictions_and_accuracies(params)[0])

@@ -69,9 +69,17 @@ from jaxmath.diffusion.denoisers import MLPDenoiser
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.metrics import median_bandwidth, mmd_squared, sliced_wasserstein
 from jaxmath.run.datasets import TOY_2D
+from jaxmath.run.mesh import on_every_device, shard_init
 from jaxmath.run.report import save_figure
 
-from ._train import compile_timed, diffusion_training, plot_losses, run_loop, step_number
+from ._train import (
+    compile_timed,
+    diffusion_training,
+    plot_losses,
+    run_loop,
+    step_number,
+    training_mesh,
+)
 
 # --------------------------------------------------------------------------- data
 
@@ -144,21 +152,28 @@ def run(config, workdir) -> dict:
     model = DiffusionModel(MLPDenoiser(features=m.features, num_blocks=m.num_blocks),
                            m.schedule, num_timesteps=m.num_timesteps,
                            prediction_type=m.prediction_type)
-    init_state, step = diffusion_training(model, config)
+    mesh = training_mesh(config)
+    init_state, step = diffusion_training(model, config, mesh)
     x_init = jnp.zeros((2, 2))  # shapes only
-    params = jax.jit(jax.vmap(lambda k: model.init(k, x_init, jnp.zeros(len(x_init), jnp.int32))))(
-        jax.random.split(k_init, D))
-    state = jax.vmap(init_state)(params)
+
+    def init(keys):
+        params = jax.vmap(lambda k: model.init(k, x_init, jnp.zeros(len(x_init), jnp.int32)))(keys)
+        return jax.vmap(init_state)(params)
+
+    state = shard_init(init, jax.random.split(k_init, D), mesh=mesh,
+                       min_size=config.mesh.min_shard_size)
 
     # One vmapped step trains all D models; the loop passes the step number as the batch.
-    train, train_keys = jnp.asarray(data["train"]), jax.random.split(k_train, D)
+    train = on_every_device(jnp.asarray(data["train"]), mesh)
+    train_keys = jax.random.split(k_train, D)
 
     def step_fn(state, s):
         state, losses = jax.vmap(step, in_axes=(0, None, 0, 0))(state, s, train, train_keys)
         metrics = {f"loss_{name}": losses[i] for i, name in enumerate(names)}
         return state, {"loss": jnp.mean(losses), **metrics}
 
-    result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_2d")
+    result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_2d",
+                              mesh=mesh)
     params = result.state["ema"]
 
     # Sampling: DDPM (T steps) and DDIM (T / ddim_factor steps) from the same x_T.

@@ -70,10 +70,18 @@ from matplotlib.figure import Figure
 from jaxmath.diffusion.denoisers import UNet
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.metrics import median_bandwidth, mmd_squared
+from jaxmath.run.mesh import on_every_device, shard_init
 from jaxmath.run.report import save_figure
 
 from ._data import load_sklearn
-from ._train import compile_timed, diffusion_training, plot_losses, run_loop, step_number
+from ._train import (
+    compile_timed,
+    diffusion_training,
+    plot_losses,
+    run_loop,
+    step_number,
+    training_mesh,
+)
 
 
 def load_digits(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -149,18 +157,20 @@ def run(config, workdir) -> dict:
                 mid_attention=m.mid_attention, num_heads=m.num_heads, num_groups=m.num_groups)
     model = DiffusionModel(unet, m.schedule, num_timesteps=m.num_timesteps,
                            prediction_type=m.prediction_type)
-    init_state, step = diffusion_training(model, config)
+    mesh = training_mesh(config)
+    init_state, step = diffusion_training(model, config, mesh)
     x_init = jnp.zeros((2, 8, 8, 1))
-    params = jax.jit(model.init)(k_init, x_init, jnp.zeros(2, jnp.int32))
-    state = init_state(params)
+    state = shard_init(lambda k: init_state(model.init(k, x_init, jnp.zeros(2, jnp.int32))),
+                       k_init, mesh=mesh, min_size=config.mesh.min_shard_size)
 
-    data = jnp.asarray(train)
+    data = on_every_device(jnp.asarray(train), mesh)
 
     def step_fn(state, s):
         state, loss = step(state, s, data, k_train)
         return state, {"loss": loss}
 
-    result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_digits")
+    result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_digits",
+                              mesh=mesh)
 
     # Sampling, compiled ahead of time.
     sc, n = config.sample, config.sample.num_samples

@@ -60,12 +60,14 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import Mesh
 from matplotlib.figure import Figure
 
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn.softmax import softmax
 from jaxmath.probability import entropy
 from jaxmath.run.datasets import two_moons
+from jaxmath.run.mesh import on_every_device
 from jaxmath.run.report import save_figure
 
 from ._data import DIGITS_MAX, Split, load_sklearn
@@ -76,6 +78,7 @@ from ._train import (
     count_params,
     plot_curves,
     train_classifier,
+    training_mesh,
 )
 
 Batch = tuple[jax.Array, jax.Array]
@@ -121,8 +124,9 @@ def smoothed_loss_floor(label_smoothing: float, num_classes: int) -> float:
 # ----------------------------------------------------------------- the experiment
 
 
-def load_data(config) -> dict[str, Split]:
-    """Two-moons and digits as ``experiments._data.Split`` tuples of jax arrays."""
+def load_data(config, mesh: Mesh | None = None) -> dict[str, Split]:
+    """Two-moons and digits as ``experiments._data.Split`` tuples of jax arrays (on every
+    device of ``mesh``, if given)."""
     data = config.data
     key = jax.random.fold_in(jax.random.key(config.seed), 0)
     noise = float(data.two_moons_noise)
@@ -130,12 +134,15 @@ def load_data(config) -> dict[str, Split]:
     # one sample, split: independent shuffled noisy points either side
     x, y = jax.jit(two_moons, static_argnums=(1, 2))(key, num_train + num_test, noise)
     digits = load_sklearn("digits", data.test_fraction, data.split_seed, standardize=False)
-    return {
+    data = {
         "two_moons": Split(x[:num_train], y[:num_train], x[num_train:], y[num_train:], 2),
         "digits": Split(jnp.asarray(digits.x_train / DIGITS_MAX), jnp.asarray(digits.y_train),
                         jnp.asarray(digits.x_test / DIGITS_MAX), jnp.asarray(digits.y_test),
                         digits.num_classes),
     }
+    if mesh is None:
+        return data
+    return {name: on_every_device(split, mesh) for name, split in data.items()}  # in order
 
 
 def _plot_boundary(model: MLP, params: PyTree, x: np.ndarray, y: np.ndarray,
@@ -161,7 +168,8 @@ def _plot_boundary(model: MLP, params: PyTree, x: np.ndarray, y: np.ndarray,
 
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
-    data = load_data(config)
+    mesh = training_mesh(config)
+    data = load_data(config, mesh)
     key_init, key_batch = jax.random.split(jax.random.fold_in(jax.random.key(config.seed), 1))
     models = {name: MLP(tuple(config.model.hidden), d.num_classes) for name, d in data.items()}
 
@@ -196,7 +204,7 @@ def run(config, workdir) -> dict:
         return {k: float(v) for k, v in jax.device_get(accuracies(state["params"])).items()}
 
     result, timing = train_classifier(config, workdir, init_params, key_init, loss_fn, batch_fn,
-                                      desc="mlp", metrics_fn=evaluate)
+                                      desc="mlp", metrics_fn=evaluate, mesh=mesh)
     final = evaluate(result.state)
 
     # the smoothed loss cannot go below H(t): plot what is left above it

@@ -57,9 +57,16 @@ from matplotlib.figure import Figure
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn import Transformer
 from jaxmath.nn.softmax import softmax
+from jaxmath.run.mesh import on_every_device
 from jaxmath.run.report import save_figure
 
-from ._train import classifier_summary, count_params, plot_curves, train_classifier
+from ._train import (
+    classifier_summary,
+    count_params,
+    plot_curves,
+    train_classifier,
+    training_mesh,
+)
 
 
 class Sorter(nn.Module):
@@ -150,7 +157,8 @@ def run(config, workdir) -> dict:
     task = config.task
     key_init, key_train, key_test = jax.random.split(jax.random.key(config.seed), 3)
     data = partial(sorting_data, seq_len=task.seq_len, vocab_size=task.vocab_size)
-    x_test, y_test = data(key_test, task.num_test)
+    mesh = training_mesh(config)
+    x_test, y_test = on_every_device(data(key_test, task.num_test), mesh)
     m = config.model
     model = Sorter(task.vocab_size, task.seq_len, m.num_layers, m.d_model, m.num_heads,
                    m.mlp_ratio)
@@ -174,7 +182,7 @@ def run(config, workdir) -> dict:
 
     result, timing = train_classifier(config, workdir, lambda key: model.init(key, x_test[:1]),
                                       key_init, loss_fn, batch_fn, desc="transformer",
-                                      metrics_fn=evaluate)
+                                      metrics_fn=evaluate, mesh=mesh)
     params = result.state["params"]
     final = evaluate(result.state)
 

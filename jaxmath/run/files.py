@@ -196,6 +196,8 @@ class MetricsLog:
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.path = self.workdir / METRICS_FILE
+        self._kept: list[dict] | None = None if _is_writer() else []  # rows not written
+        self._base: int | None = None  # the step the file is read up to, off process 0
 
     def __repr__(self) -> str:
         return f"MetricsLog({str(self.workdir)!r})"
@@ -210,8 +212,6 @@ class MetricsLog:
         a checkpoint newer than the rows before it, at one fsync per checkpoint.
         """
         step = _check_step(step)
-        if not _is_writer():  # in a multi-process job, process 0 keeps the log
-            return
         if not isinstance(metrics, Mapping):
             raise TypeError(f"metrics must be a mapping, got {type(metrics).__name__}")
         if "step" in metrics:
@@ -221,6 +221,9 @@ class MetricsLog:
             if not isinstance(key, str):
                 raise TypeError(f"metric names must be str, got {key!r}")
             row[key] = _scalar(key, value)
+        if self._kept is not None:  # in a multi-process job, process 0 writes the file
+            self._kept.append(row)
+            return
         line = json.dumps(row) + "\n"
         new = not self.path.exists()
         with open(self.path, "a", encoding="utf-8") as f:
@@ -272,7 +275,10 @@ class MetricsLog:
 
     def read(self) -> list[dict]:
         """All complete rows, in file order (a partial last line is ignored)."""
-        return self._rows()[0]
+        rows = self._rows()[0]
+        if self._kept is None:
+            return rows
+        return [r for r in rows if self._base is None or r["step"] <= self._base] + self._kept
 
     def truncate_after(self, step: int) -> None:
         """Drop the rows with ``"step" > step`` and any partial last line (atomic rewrite).
@@ -281,6 +287,10 @@ class MetricsLog:
         again, so the steps after the checkpoint are written exactly once.
         """
         step = _check_step(step)
+        if self._kept is not None:
+            self._base = step
+            self._kept = [row for row in self._kept if row["step"] <= step]
+            return
         rows, dirty = self._rows()
         kept = [row for row in rows if row["step"] <= step]
         if len(kept) == len(rows) and not dirty:

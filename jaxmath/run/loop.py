@@ -66,6 +66,7 @@ from tqdm.auto import tqdm
 from jaxmath._checks import check_choice
 from jaxmath.run.checkpoint import Checkpointer
 from jaxmath.run.files import MetricsLog
+from jaxmath.run.mesh import global_batch
 
 PyTree = Any
 
@@ -173,16 +174,61 @@ def _check_callable(fn: object, name: str) -> None:
 # --------------------------------------------------------------------------- the step
 
 
-def _guarded_step(step_fn: Callable, state: PyTree, batch: Any,
+class _Layout(NamedTuple):
+    """Where the batch and the state live on a mesh (hashable: part of a jit cache key).
+
+    ``batch``: the batch's sharding (one for every leaf, or a pytree of them), or None.
+    ``state``: ``(treedef, shardings)`` of a state whose leaves all have a
+    ``NamedSharding``, or None. Inside the step, the batch (drawn by a traced
+    ``batch_fn`` on the scan path) and the new state are constrained to them, so that
+    the state keeps its layout from step to step and one executable serves every call.
+    """
+
+    batch: Any = None
+    state: tuple | None = None
+
+    @classmethod
+    def of(cls, state: PyTree, batch_sharding: Any) -> _Layout:
+        leaves, treedef = jax.tree.flatten(state)
+        shardings = [getattr(x, "sharding", None) for x in leaves]
+        on_mesh = leaves and all(isinstance(s, jax.sharding.NamedSharding) for s in shardings)
+        if batch_sharding is not None and not isinstance(batch_sharding, jax.sharding.Sharding):
+            leaves_b, def_b = jax.tree.flatten(batch_sharding)
+            batch_sharding = _HashableTree(def_b, tuple(leaves_b))
+        return cls(batch_sharding, (treedef, tuple(shardings)) if on_mesh else None)
+
+    def batch_tree(self) -> Any:
+        b = self.batch
+        return jax.tree.unflatten(b.treedef, b.leaves) if isinstance(b, _HashableTree) else b
+
+    def constrain_batch(self, batch: Any) -> Any:
+        if self.batch is None:
+            return batch
+        return lax.with_sharding_constraint(batch, self.batch_tree())
+
+    def constrain_state(self, state: PyTree) -> PyTree:
+        if self.state is None:
+            return state
+        return lax.with_sharding_constraint(state, jax.tree.unflatten(*self.state))
+
+
+class _HashableTree(NamedTuple):
+    treedef: Any
+    leaves: tuple
+
+
+def _guarded_step(step_fn: Callable, layout: _Layout, state: PyTree, batch: Any,
                   carry: jax.Array) -> tuple[PyTree, Mapping, jax.Array]:
     """``step_fn`` plus a non-finite watch that stays on the device.
+
+    ``layout`` pins the batch and the new state to their shardings (see :class:`_Layout`).
 
     ``carry`` is one ``int32[3]`` array (one buffer in, one out: cheaper to pass
     than three): the updates done, the first update whose loss was non-finite (0
     if none), and that loss's float32 bits. The loop reads it only at log and
     checkpoint steps, so nothing is transferred per step. Checks run at trace time.
     """
-    new_state, metrics = step_fn(state, batch)
+    new_state, metrics = step_fn(state, layout.constrain_batch(batch))
     if not isinstance(metrics, Mapping) or "loss" not in metrics:
         got = list(metrics) if isinstance(metrics, Mapping) else type(metrics).__name__
         raise ValueError(
@@ -203,6 +249,7 @@ def _guarded_step(step_fn: Callable, state: PyTree, batch: Any,
                 f"{old.dtype}{list(old.shape)} to {new.dtype}{list(new.shape)}")
 
     jax.tree.map_with_path(check, new_state, state)
+    new_state = layout.constrain_state(new_state)
     count, first_bad = carry[0] + 1, carry[1]
     hit = (first_bad == 0) & ~jnp.isfinite(loss)
     bits = lax.bitcast_convert_type(loss.astype(jnp.float32), jnp.int32)
@@ -220,8 +267,9 @@ def _first_bad(carry: jax.Array) -> tuple[int, float]:
     return int(host[1]), float(host[2:3].view(np.float32)[0])
 
 
-def _scan_steps(step_fn: Callable, batch_fn: Callable, length: int, state: PyTree,
-                carry: jax.Array, count: jax.Array) -> tuple[PyTree, Mapping, jax.Array]:
+def _scan_steps(step_fn: Callable, batch_fn: Callable, length: int, layout: _Layout,
+                state: PyTree, carry: jax.Array,
+                count: jax.Array) -> tuple[PyTree, Mapping, jax.Array]:
     """``count`` updates (1 <= count <= ``length``) as one ``lax.scan`` of ``length`` steps.
 
     Update ``s`` (from ``carry[0]``, the updates done, on) is
@@ -237,7 +285,7 @@ def _scan_steps(step_fn: Callable, batch_fn: Callable, length: int, state: PyTre
     def body(c, i):
         state, carry = c
         new_state, metrics, new_carry = _guarded_step(
-            step_fn, state, batch_fn(first + jnp.minimum(i, count - 1)), carry)
+            step_fn, layout, state, batch_fn(first + jnp.minimum(i, count - 1)), carry)
         if length > 1:
             active = i < count
             new_state = jax.tree.map(lambda n, o: jnp.where(active, n, o), new_state, state)
@@ -268,14 +316,15 @@ def _cached_jit(key: tuple, make: Callable[[], Callable]) -> Callable:
     return jitted
 
 
-def _jitted_step(step_fn: Callable, donate: bool) -> Callable:
-    return _cached_jit((step_fn, bool(donate)), lambda: jax.jit(
-        functools.partial(_guarded_step, step_fn), donate_argnums=(0,) if donate else ()))
+def _jitted_step(step_fn: Callable, layout: _Layout, donate: bool) -> Callable:
+    return _cached_jit((step_fn, layout, bool(donate)), lambda: jax.jit(
+        functools.partial(_guarded_step, step_fn, layout), donate_argnums=(0,) if donate else ()))
 
 
-def _jitted_scan(step_fn: Callable, batch_fn: Callable, length: int, donate: bool) -> Callable:
-    return _cached_jit((step_fn, batch_fn, length, bool(donate)), lambda: jax.jit(
-        functools.partial(_scan_steps, step_fn, batch_fn, length),
+def _jitted_scan(step_fn: Callable, batch_fn: Callable, length: int, layout: _Layout,
+                 donate: bool) -> Callable:
+    return _cached_jit((step_fn, batch_fn, length, layout, bool(donate)), lambda: jax.jit(
+        functools.partial(_scan_steps, step_fn, batch_fn, length, layout),
         donate_argnums=(0,) if donate else ()))
 
 
@@ -333,15 +382,16 @@ class _Stepper:
     """
 
     def __init__(self, step_fn, batch_fn, donate, steps_per_call, log_every,
-                 checkpoint_every, carry_sharding):
+                 checkpoint_every, carry_sharding, layout):
         self.batch_fn = batch_fn
+        self.layout = layout
         if steps_per_call == 1:
             self.length = 1
-            self.jstep = _jitted_step(step_fn, donate)
+            self.jstep = _jitted_step(step_fn, layout, donate)
             self.jscan = None
         else:
             self.length = _chunk_length(log_every, checkpoint_every, steps_per_call)
-            self.jscan = _jitted_scan(step_fn, batch_fn, self.length, donate)
+            self.jscan = _jitted_scan(step_fn, batch_fn, self.length, layout, donate)
         self.carry_sharding = carry_sharding
         self._counts: dict[int, jax.Array] = {}
         self.first_call: tuple[float, int] | None = None  # (seconds, updates)
@@ -352,6 +402,14 @@ class _Stepper:
             self._counts[count] = jax.device_put(np.int32(count), self.carry_sharding)
         return self._counts[count]
 
+    def _batch(self, step: int) -> Any:
+        """``batch_fn(step)``, placed on the batch sharding (assembled from every
+        process's rows in a multi-process run)."""
+        batch = self.batch_fn(step)
+        if self.layout.batch is None:
+            return batch
+        return global_batch(batch, self.layout.batch_tree())
+
     def advance(self, state, carry, a: int, b: int, timed: bool = True):
         metrics = None
         if self.jscan is None:
@@ -361,7 +419,7 @@ class _Stepper:
         for first, count in calls:
             t0 = time.perf_counter() if timed and self.first_call is None else None
             if self.jscan is None:
-                state, metrics, carry = self.jstep(state, self.batch_fn(first), carry)
+                state, metrics, carry = self.jstep(state, self._batch(first), carry)
             else:
                 state, metrics, carry = self.jscan(state, carry, self._count(count))
             if t0 is not None:  # the first call alone: wait for it
@@ -460,7 +518,7 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
                checkpoint_every: int = 1000, desc: str = "train",
                metrics_fn: Callable[[PyTree, int], Mapping[str, Any]] | None = None,
                max_to_keep: int = 3, progress: str = "auto", donate: bool = True,
-               steps_per_call: int | None = 1) -> TrainResult:
+               steps_per_call: int | None = 1, batch_sharding: Any = None) -> TrainResult:
     r"""Train ``state`` for ``num_steps`` updates in ``workdir``, resuming where a run stopped.
 
     .. math:: \mathrm{state}_s = \mathrm{step\_fn}(\mathrm{state}_{s-1},\,
@@ -508,6 +566,16 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
         a CPU run catches a ``batch_fn`` an accelerator could not scan. The rows,
         checkpoints, ``metrics_fn`` calls and errors are the same on both paths; the
         values agree to float rounding (the scan is compiled as one program).
+      batch_sharding: where the batch lives on a device mesh (a ``Sharding`` for
+        every leaf, or a pytree of them; :func:`jaxmath.run.mesh.batch_sharding`
+        splits the examples over the data axes), or None to leave it where
+        ``batch_fn`` puts it. On the per-step path ``batch_fn(step)`` then returns
+        this process's rows of the global batch (all of it in a single process;
+        :func:`jaxmath.run.mesh.process_rows`), assembled into one global array; on
+        the scan path the traced batch is constrained to it. The state keeps the
+        shardings it arrives with (place it with
+        :func:`jaxmath.run.mesh.shard_init`), and a checkpoint is restored onto them,
+        whatever layout it was saved from.
 
     Returns:
       ``TrainResult(state, history, timing)``: the state after ``num_steps``
@@ -575,7 +643,7 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
         steps_per_call = _resolve_steps_per_call(
             steps_per_call, next(iter(carry_sharding.device_set)).platform)
         stepper = _Stepper(step_fn, batch_fn, donate, steps_per_call, log_every,
-                           checkpoint_every, carry_sharding)
+                           checkpoint_every, carry_sharding, _Layout.of(state, batch_sharding))
         bar = _Progress(progress, desc, start, num_steps)
         try:
             if restored is not None:
