@@ -16,9 +16,10 @@ printing the summary table and the report's path.
 
 Resuming: running again with the same ``--workdir`` continues the run (the training loop resumes
 from its last checkpoint). The stored ``config.json`` must then equal the new resolved config
-except for the top-level keys in :data:`RESUMABLE_KEYS` (``num_steps``, ``log_every``,
-``checkpoint_every``), which extend or re-pace a run without changing its result, and fields
-derived from them by ``get_ref``; any other difference is refused with exit status 2, naming
+except for the top-level keys in :data:`RESUMABLE_KEYS`: ``num_steps``, ``log_every`` and
+``checkpoint_every``, which extend or re-pace a run without changing its result, ``mesh``, the
+devices' layout (a run checkpointed on 4 devices resumes on 2 or 1, its numbers equal to
+float32 reduction order), and fields derived from them by ``get_ref``; any other difference is refused with exit status 2, naming
 the differing keys. ``--overwrite`` starts afresh: it deletes the run files listed in
 :data:`RUN_FILES` from the workdir (nothing else).
 
@@ -55,6 +56,8 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import ml_collections
+
 from jaxmath.run import startup
 from jaxmath.run.config import (
     ConfigError,
@@ -71,7 +74,7 @@ from jaxmath.run.report import summary_table, write_report, write_summary
 __all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "load_experiment", "main",
            "run_experiment"]
 
-RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every")
+RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every", "mesh")
 """Top-level config keys that may differ from the stored config.json when a run is resumed."""
 
 RUN_FILES = ("config.json", "summary.json", "report.md", "metrics.jsonl", "sweep.jsonl",
@@ -132,7 +135,10 @@ def _check_workdir(workdir: Path, config, overwrite: bool, writer: bool) -> None
     for key in RESUMABLE_KEYS:
         if key in stored and key in probe:
             try:
-                probe[key] = stored[key]
+                value = stored[key]
+                if isinstance(probe[key], ml_collections.ConfigDict):  # a block: all of it
+                    value = ml_collections.ConfigDict(value)
+                probe[key] = value
             except (TypeError, ValueError):
                 pass  # a type change shows up in the diff below
     changes = _diff(stored, config_to_dict(probe))
@@ -366,8 +372,8 @@ def _build_parser() -> _Parser:
         description="Run the experiment of a configs/<name>.py file in --workdir.\n\n"
                     "Override config fields with --config.a.b=value (parsed to the type of the\n"
                     "field; an unknown key or a wrong type fails before any work). Running\n"
-                    "again with the same workdir resumes; only num_steps, log_every and\n"
-                    "checkpoint_every may change then, unless --overwrite.",
+                    "again with the same workdir resumes; only num_steps, log_every,\n"
+                    "checkpoint_every and mesh may change then, unless --overwrite.",
         epilog="examples:\n"
                "  jaxmath run configs/ddpm_2d.py --workdir runs/ddpm_2d\n"
                "  jaxmath run configs/ddpm_2d.py:quick --workdir /tmp/q "

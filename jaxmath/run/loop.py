@@ -552,7 +552,7 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
         (e.g. test accuracy), called at each log step.
       max_to_keep: how many checkpoints to keep.
       progress: ``"auto"`` (a tqdm bar when stdout is a terminal, plain lines
-        otherwise), ``"bar"``, ``"lines"`` or ``"none"``.
+        otherwise), ``"bar"``, ``"lines"`` or ``"none"``; process 0 alone shows it.
       donate: donate the state's buffers to each step (updates in place). The
         ``state`` passed in is copied first, so it stays valid.
       steps_per_call: how many updates one jitted call may run. ``1`` (the
@@ -644,7 +644,8 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
             steps_per_call, next(iter(carry_sharding.device_set)).platform)
         stepper = _Stepper(step_fn, batch_fn, donate, steps_per_call, log_every,
                            checkpoint_every, carry_sharding, _Layout.of(state, batch_sharding))
-        bar = _Progress(progress, desc, start, num_steps)
+        bar = _Progress(progress if jax.process_index() == 0 else "none", desc, start,
+                        num_steps)
         try:
             if restored is not None:
                 bar.message(f"{desc}: resumed from the checkpoint at step {start} "
