@@ -17,6 +17,7 @@ the rate from a validation split.
 from __future__ import annotations
 
 import ml_collections
+from ml_collections import config_dict
 
 from jaxmath.run.config import apply_variant
 
@@ -46,6 +47,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     })
     config.target_accuracy = 0.97   # best mean (over seeds) digits test accuracy
     config.num_curves = 6           # learning rates drawn in loss_curves.png
+    # devices: the configurations over "sweep" (None: every device not on "data"), each
+    # run's minibatch over "data" (docs/scaling.md)
+    config.mesh = ml_collections.ConfigDict({"sweep": config_dict.placeholder(int), "data": 1})
     return apply_variant(config, variant, quick={
         "num_steps": 20,
         "log_every": 5,

@@ -55,9 +55,12 @@ import jax.numpy as jnp
 import matplotlib
 import numpy as np
 import optax
+from jax.sharding import Mesh
 from matplotlib.figure import Figure
 
 from jaxmath.losses import softmax_cross_entropy
+from jaxmath.run.mesh import batch_sharding, check_batch, on_every_device
+from jaxmath.run.mesh import from_config as mesh_from_config
 from jaxmath.run.report import save_figure
 from jaxmath.run.sweep import from_config, run_sweep, write_table
 
@@ -76,13 +79,14 @@ def load_digits(data_config) -> Split:
 
 def make_train(data: Split, hidden: Sequence[int], *, num_steps: int, batch_size: int,
                log_every: int, warmup_steps: int, weight_decay: float,
-               label_smoothing: float):
+               label_smoothing: float, mesh: Mesh | None = None):
     """``train(hp) -> results``: one full training run for ``hp = {"learning_rate", "seed"}``.
 
     Both hyperparameters may be traced (``jax.vmap``, :func:`jaxmath.run.sweep.run_sweep`).
     The results are ``final_train_loss`` (the objective on the whole training set),
     ``train_accuracy``, ``test_accuracy`` and ``loss_curve``, the minibatch losses of
-    steps ``log_every, 2 log_every, ...`` (``[num_steps // log_every]``).
+    steps ``log_every, 2 log_every, ...`` (``[num_steps // log_every]``). On a
+    ``("sweep", "data")`` ``mesh``, each run's minibatch is split over ``"data"``.
     """
     model = MLP(tuple(hidden), data.num_classes)
     unit = optax.warmup_cosine_decay_schedule(
@@ -102,8 +106,10 @@ def make_train(data: Split, hidden: Sequence[int], *, num_steps: int, batch_size
         step = make_step(loss_fn, optimizer)
 
         def body(state, t):
-            state, metrics = step(state, sample_batch(key_batch, t, data.x_train,
-                                                      data.y_train, batch_size))
+            batch = sample_batch(key_batch, t, data.x_train, data.y_train, batch_size)
+            if mesh is not None:
+                batch = jax.lax.with_sharding_constraint(batch, batch_sharding(mesh))
+            state, metrics = step(state, batch)
             return state, metrics["loss"]
 
         state, losses = jax.lax.scan(body, state, jnp.arange(num_steps))
@@ -118,13 +124,13 @@ def make_train(data: Split, hidden: Sequence[int], *, num_steps: int, batch_size
     return train
 
 
-def train_from_config(config, data: Split):
+def train_from_config(config, data: Split, mesh: Mesh | None = None):
     """:func:`make_train` with the settings of ``config``."""
     return make_train(data, config.model.hidden, num_steps=config.num_steps,
                       batch_size=config.batch_size, log_every=config.log_every,
                       warmup_steps=config.optim.warmup_steps,
                       weight_decay=config.optim.weight_decay,
-                      label_smoothing=config.label_smoothing)
+                      label_smoothing=config.label_smoothing, mesh=mesh)
 
 
 def by_rate(lr: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -194,11 +200,13 @@ def _plot_curves(lr, excess_curves, log_every, num_curves, best_lr) -> Figure:
 
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
-    data = load_digits(config.data)
+    mesh = mesh_from_config(config.mesh)
+    check_batch(config.batch_size, mesh)
+    data = on_every_device(load_digits(config.data), mesh)
     hparams = from_config(config.sweep)
     lr = np.asarray(hparams["learning_rate"], np.float64)
     seed = np.asarray(hparams["seed"]).astype(int)
-    train = train_from_config(config, data)
+    train = train_from_config(config, data, mesh)
     traces = []
 
     def counted(hp):  # a Python side effect: runs once per trace, not per configuration
@@ -207,7 +215,7 @@ def run(config, workdir) -> dict:
 
     start = time.perf_counter()
     with compile_seconds() as compile_s:
-        out = run_sweep(counted, hparams, chunk_size=config.sweep.chunk_size)
+        out = run_sweep(counted, hparams, chunk_size=config.sweep.chunk_size, mesh=mesh)
         out = jax.block_until_ready(out)
     sweep_s = time.perf_counter() - start
     total_steps = len(lr) * int(config.num_steps)

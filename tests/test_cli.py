@@ -248,3 +248,35 @@ def test_cpu_devices_after_jax_started_is_a_config_error():
     jax.devices()  # the backend runs
     with pytest.raises(ConfigError, match="--cpu-devices 3: jax_num_cpu_devices"):
         startup.use_cpu_devices(3)
+
+
+def test_dry_run_prints_the_layout_and_writes_nothing(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main(["run", str(ROOT / "configs" / "transformer.py"), "--workdir", str(workdir),
+                 "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    n = jax.device_count()
+    assert f"process 0 of 1: {n} local device(s)" in out
+    assert f"mesh {{'data': {n}, 'fsdp': 1}}; batch 128 = {128 // n} per device" in out
+    assert not workdir.exists()
+
+
+@pytest.mark.parametrize(("override", "pattern"), [
+    ("--config.mesh.data=3", r"mesh.data=3 x mesh.fsdp=1 = 3 devices, but the run has \d+"),
+    ("--config.batch_size=0", r"batch_size must be >= 1, got 0"),
+])
+def test_a_mesh_or_batch_that_does_not_fit_fails_before_any_work(tmp_path, capsys, override,
+                                                                   pattern):
+    code = main(["run", str(ROOT / "configs" / "transformer.py"), "--workdir",
+                 str(tmp_path / "run"), "--dry-run", override])
+    assert code == 2
+    assert re.search(pattern, capsys.readouterr().err)
+
+
+def test_the_mesh_may_change_on_resume(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    assert main(["run", ECHO, "--workdir", str(workdir)]) == 0
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.mesh.fsdp=2",
+                 "--config.mesh.min_shard_size=7"]) == 0
+    assert json.loads((workdir / "config.json").read_text())["mesh"]["fsdp"] == 2
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.value=9"]) == 2

@@ -147,7 +147,8 @@ def sorter_reference(tmp_path_factory):
 
 
 @pytest.mark.parametrize(("data", "fsdp"), LAYOUTS[1:])
-def test_transformer_losses_are_the_same_on_every_layout(data, fsdp, tmp_path_factory, sorter_reference):
+def test_transformer_losses_are_the_same_on_every_layout(data, fsdp, tmp_path_factory,
+                                                         sorter_reference):
     result = _sorter_run(data, fsdp, 8, tmp_path_factory.mktemp("run"))
     np.testing.assert_allclose(_losses(result), sorter_reference, rtol=RTOL)
     if fsdp > 1:  # the embedding and dense kernels are split, Adam's moments with them
@@ -232,3 +233,22 @@ def test_the_dense_layer_of_an_mlp_trains_the_same_with_host_batches(tmp_path):
 
     reference = _losses(run(None, tmp_path / "one"))
     np.testing.assert_allclose(_losses(run(mesh, tmp_path / "mesh")), reference, rtol=RTOL)
+
+
+def test_a_sweep_on_a_sweep_by_data_mesh_equals_one_device():
+    """mlp_sweep's runs, configurations over "sweep" and each run's batch over "data"."""
+    from configs.mlp_sweep import get_config
+    from experiments.mlp_sweep import load_digits, train_from_config
+    from jaxmath.run.mesh import make_sweep_mesh
+    from jaxmath.run.sweep import grid, run_sweep
+
+    config = get_config("quick")
+    hparams = grid(learning_rate=[1e-3, 1e-2], seed=[0, 1])
+    results = []
+    for sweep, data in [(1, 1), (2, 2), (1, 4)]:
+        mesh = make_sweep_mesh(sweep, data, devices=jax.devices()[:sweep * data])
+        train = train_from_config(config, on_every_device(load_digits(config.data), mesh), mesh)
+        results.append(run_sweep(train, hparams, mesh=mesh))
+    for got in results[1:]:
+        for key in ("final_train_loss", "loss_curve", "test_accuracy"):
+            np.testing.assert_allclose(got[key], results[0][key], rtol=RTOL, err_msg=key)

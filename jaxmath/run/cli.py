@@ -19,9 +19,9 @@ from its last checkpoint). The stored ``config.json`` must then equal the new re
 except for the top-level keys in :data:`RESUMABLE_KEYS`: ``num_steps``, ``log_every`` and
 ``checkpoint_every``, which extend or re-pace a run without changing its result, ``mesh``, the
 devices' layout (a run checkpointed on 4 devices resumes on 2 or 1, its numbers equal to
-float32 reduction order), and fields derived from them by ``get_ref``; any other difference is refused with exit status 2, naming
-the differing keys. ``--overwrite`` starts afresh: it deletes the run files listed in
-:data:`RUN_FILES` from the workdir (nothing else).
+float32 reduction order), and fields derived from them by ``get_ref``; any other difference
+is refused with exit status 2, naming the differing keys. ``--overwrite`` starts afresh: it
+deletes the run files listed in :data:`RUN_FILES` from the workdir (nothing else).
 
 Multi-process runs: when the environment asks for one (``JAX_COORDINATOR_ADDRESS``,
 ``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; see :func:`jaxmath.run.startup.init_distributed`),
@@ -71,7 +71,7 @@ from jaxmath.run.config import (
 from jaxmath.run.files import atomic_write_json
 from jaxmath.run.report import summary_table, write_report, write_summary
 
-__all__ = ["RESUMABLE_KEYS", "RUN_FILES", "list_configs", "load_experiment", "main",
+__all__ = ["RESUMABLE_KEYS", "RUN_FILES", "launch_facts", "list_configs", "load_experiment", "main",
            "run_experiment"]
 
 RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every", "mesh")
@@ -203,8 +203,48 @@ def _run_facts(wall_time_s: float) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- run and list
 
 
+def launch_facts(config) -> dict[str, Any]:
+    """What a run would run on: this process, the devices, the mesh and the per-device batch.
+
+    The mesh is built from ``config.mesh`` (:func:`jaxmath.run.mesh.from_config`; a
+    ConfigError if it does not fit the devices or does not divide ``config.batch_size``).
+    """
+    import jax
+
+    from jaxmath.run import mesh as meshes
+
+    local = jax.local_devices()
+    facts: dict[str, Any] = {
+        "process_index": jax.process_index(), "process_count": jax.process_count(),
+        "devices": jax.device_count(), "local_devices": [str(d) for d in local],
+        "platform": local[0].platform, "device_kind": local[0].device_kind,
+    }
+    if "mesh" in config:
+        mesh = meshes.from_config(config.mesh)
+        facts["mesh"] = dict(mesh.shape)
+        if "batch_size" in config:
+            facts["batch_size"] = int(config.batch_size)
+            facts["per_device_batch"] = meshes.check_batch(config.batch_size, mesh)
+    return facts
+
+
+def _print_launch(facts: dict[str, Any]) -> None:
+    i, n = facts["process_index"], facts["process_count"]
+    print(f"{_PROG}: process {i} of {n}: {len(facts['local_devices'])} local device(s) "
+          f"{', '.join(facts['local_devices'])} ({facts['device_kind']})", flush=True)
+    if i == 0:
+        print(f"{_PROG}: {facts['devices']} device(s) in all ({facts['platform']})")
+        if "mesh" in facts:
+            line = f"{_PROG}: mesh {facts['mesh']}"
+            if "batch_size" in facts:
+                line += (f"; batch {facts['batch_size']} = {facts['per_device_batch']} per "
+                         "device")
+            print(line, flush=True)
+
+
 def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[str] = (), *,
-                   overwrite: bool = False, verbose: bool = True) -> dict[str, Any]:
+                   overwrite: bool = False, verbose: bool = True,
+                   dry_run: bool = False) -> dict[str, Any]:
     """Run the experiment a config names, in ``workdir``, and return its summary.
 
     Args:
@@ -214,10 +254,14 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
       overrides: ``--config.a.b=value`` strings.
       overwrite: delete the workdir's previous run files (:data:`RUN_FILES`) first.
       verbose: print the summary table and the report's path at the end.
+      dry_run: check the config, join the job and print (every process) what the run
+        would run on (:func:`launch_facts`), then return those facts: nothing is trained
+        or written.
 
     Returns:
       The experiment's summary, plus ``wall_time_s`` (seconds spent in ``run``),
-      ``jax_version``, ``jaxmath_version``, ``backend`` and ``devices`` (``"N x kind"``).
+      ``jax_version``, ``jaxmath_version``, ``backend`` and ``devices`` (``"N x kind"``);
+      with ``dry_run``, :func:`launch_facts`.
 
     Raises:
       ConfigError: a bad config, override or experiment name, or a workdir that holds a run with
@@ -248,6 +292,13 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
     import jax
 
     writer = jax.process_index() == 0
+    if dry_run:
+        facts = launch_facts(config)
+        if not overwrite:
+            _check_workdir(workdir, config, False, False)  # reads only
+        if verbose:
+            _print_launch(facts)
+        return facts
     _check_workdir(workdir, config, overwrite, writer)
     if jax.process_count() > 1:
         from jax.experimental import multihost_utils
@@ -332,7 +383,8 @@ def _cmd_list(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.cpu_devices is not None:
         startup.use_cpu_devices(args.cpu_devices)
-    run_experiment(args.config, args.workdir, overrides, overwrite=args.overwrite)
+    run_experiment(args.config, args.workdir, overrides, overwrite=args.overwrite,
+                   dry_run=args.dry_run)
     return 0
 
 
@@ -386,6 +438,9 @@ def _build_parser() -> _Parser:
                           "checkpoints/, report.md")
     run.add_argument("--overwrite", action="store_true",
                      help="delete the workdir's previous run files and start afresh")
+    run.add_argument("--dry-run", action="store_true",
+                     help="print the processes, devices, mesh and per-device batch the run "
+                          "would use, and stop: nothing is trained or written")
     run.add_argument("--cpu-devices", type=int, default=None, metavar="N",
                      help="run on N CPU devices (e.g. the number of cores): sweeps shard "
                           "over them; same results as one device")

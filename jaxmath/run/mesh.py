@@ -41,12 +41,14 @@ from jaxmath.run.config import ConfigError
 
 PyTree = Any
 
-__all__ = ["DATA_AXIS", "FSDP_AXIS", "MIN_SHARD_SIZE", "batch_sharding", "describe",
-           "from_config", "global_batch", "make_mesh", "mesh_config", "on_every_device",
-           "process_rows", "replicated", "shard_init", "state_shardings"]
+__all__ = ["DATA_AXIS", "FSDP_AXIS", "MIN_SHARD_SIZE", "SWEEP_AXIS", "batch_sharding",
+           "check_batch", "describe", "from_config", "global_batch", "make_mesh",
+           "make_sweep_mesh", "mesh_config", "on_every_device", "process_rows", "replicated",
+           "shard_init", "state_shardings"]
 
 DATA_AXIS = "data"
 FSDP_AXIS = "fsdp"
+SWEEP_AXIS = "sweep"  # the configurations of a sweep (jaxmath.run.sweep)
 MIN_SHARD_SIZE = 2**14  # weights with fewer elements stay replicated under fsdp
 
 
@@ -66,8 +68,35 @@ def mesh_config(data: int | None = None, fsdp: int = 1,
     return block
 
 
-def _layouts(n: int) -> str:
-    return ", ".join(f"data={n // f} fsdp={f}" for f in range(1, n + 1) if n % f == 0)
+def _config_int(value: object, name: str) -> int:
+    """``value`` as an int >= 1, or a ConfigError naming ``name`` (a config field)."""
+    try:
+        return check_int(value, name, minimum=1)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(str(e)) from None
+
+
+def _fit(axes: dict[str, int | None], devices: Sequence[jax.Device] | None) -> Mesh:
+    """A mesh of two ``axes`` (name: size; one size may be None: the devices left over)."""
+    devices = list(jax.devices() if devices is None else devices)
+    n = len(devices)
+    sizes = {name: None if size is None else _config_int(size, f"mesh.{name}")
+             for name, size in axes.items()}
+    given = math.prod(v for v in sizes.values() if v is not None)
+    names = " x ".join(f"mesh.{k}={v}" for k, v in sizes.items() if v is not None)
+    a, b = axes
+    fits = ", ".join(f"{a}={n // f} {b}={f}" for f in range(1, n + 1) if n % f == 0)
+    open_axes = [k for k, v in sizes.items() if v is None]
+    if open_axes:
+        if n % given:
+            raise ConfigError(f"{names} does not divide the {n} devices; layouts that fit: "
+                              f"{fits}")
+        sizes[open_axes[0]] = n // given
+    if math.prod(sizes.values()) != n:
+        raise ConfigError(f"{names} = {given} devices, but the run has {n}; layouts that "
+                          f"fit: {fits}")
+    return jax.make_mesh(tuple(sizes.values()), tuple(sizes),
+                         axis_types=(AxisType.Auto,) * len(sizes), devices=devices)
 
 
 def make_mesh(data: int | None = None, fsdp: int = 1, *,
@@ -86,24 +115,28 @@ def make_mesh(data: int | None = None, fsdp: int = 1, *,
       >>> dict(mesh.shape)
       {'data': 1, 'fsdp': 1}
     """
-    devices = list(jax.devices() if devices is None else devices)
-    n = len(devices)
-    fsdp = check_int(fsdp, "mesh.fsdp", minimum=1)
-    if data is None:
-        if n % fsdp:
-            raise ConfigError(f"mesh.fsdp={fsdp} does not divide the {n} devices; layouts "
-                              f"that fit: {_layouts(n)}")
-        data = n // fsdp
-    data = check_int(data, "mesh.data", minimum=1)
-    if data * fsdp != n:
-        raise ConfigError(f"mesh.data={data} x mesh.fsdp={fsdp} = {data * fsdp} devices, but "
-                          f"the run has {n}; layouts that fit: {_layouts(n)}")
-    return jax.make_mesh((data, fsdp), (DATA_AXIS, FSDP_AXIS),
-                         axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+    return _fit({DATA_AXIS: data, FSDP_AXIS: fsdp}, devices)
+
+
+def make_sweep_mesh(sweep: int | None = None, data: int = 1, *,
+                    devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """The ``("sweep", "data")`` mesh of a vectorised sweep: configurations over ``sweep``
+    (:func:`jaxmath.run.sweep.run_sweep`), each configuration's batch over ``data``.
+
+    ``sweep=None``: every device not on the data axis. ConfigError as :func:`make_mesh`.
+
+    Example:
+      >>> dict(make_sweep_mesh(devices=jax.devices()[:1]).shape)
+      {'sweep': 1, 'data': 1}
+    """
+    return _fit({SWEEP_AXIS: sweep, DATA_AXIS: data}, devices)
 
 
 def from_config(block: Any, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """:func:`make_mesh` from a config's ``mesh`` block (:func:`mesh_config`)."""
+    """:func:`make_mesh` from a config's ``mesh`` block (:func:`mesh_config`), or
+    :func:`make_sweep_mesh` from a block with a ``sweep`` field."""
+    if "sweep" in block:
+        return make_sweep_mesh(block.sweep, block.data, devices=devices)
     return make_mesh(block.data, block.fsdp, devices=devices)
 
 
@@ -139,6 +172,7 @@ def check_batch(batch_size: int, mesh: Mesh, name: str = "batch_size") -> int:
 
     Returns the per-device batch.
     """
+    batch_size = _config_int(batch_size, name)
     devices = math.prod(mesh.shape[a] for a in batch_axes(mesh))
     if batch_size % devices:
         fits = [b for b in (batch_size - batch_size % devices, batch_size + devices - batch_size

@@ -41,12 +41,12 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxmath.run.files import atomic_write_text
+from jaxmath.run.mesh import SWEEP_AXIS  # the mesh axis the configurations are sharded over
 from jaxmath.run.startup import init_distributed as init_distributed  # part of the sweep API
 
 ArrayLike = jax.typing.ArrayLike
 PyTree = Any
 
-SWEEP_AXIS = "sweep"  # the mesh axis the configurations are sharded over
 TABLE_NAME = "sweep"  # write_table(directory) writes <directory>/sweep.jsonl (or .csv)
 
 _SPACINGS = {"logspace": np.logspace, "linspace": np.linspace}
@@ -321,7 +321,9 @@ def _sweep_chunk(fn: Callable, names: tuple[str, ...], static_items: tuple,
         _check_result(out)
         return out
 
-    out = jax.vmap(one, axis_size=size)(traced)  # traced is {} if every name is static
+    # traced is {} if every name is static; a sharding constraint inside fn (a batch over
+    # a "data" axis) gets the sweep axis on its vmapped dimension
+    out = jax.vmap(one, axis_size=size, spmd_axis_name=SWEEP_AXIS)(traced)
     return jax.lax.with_sharding_constraint(out, sharding)
 
 
@@ -430,7 +432,10 @@ def run_sweep(fn: Callable[[dict[str, Any]], PyTree], hparams: Mapping[str, Arra
         multiple of the number of devices; ``None`` or ``0`` run the whole sweep
         (each static group) in one call. The results do not depend on it.
       mesh: a ``jax.sharding.Mesh`` with an axis named ``"sweep"`` (other axes
-        are left to ``fn``); default: all devices along ``"sweep"``.
+        are left to ``fn``: e.g. :func:`jaxmath.run.mesh.make_sweep_mesh`'s
+        ``("sweep", "data")``, with ``fn`` constraining its batch to
+        :func:`jaxmath.run.mesh.batch_sharding`, which splits each configuration's
+        batch over ``"data"``); default: all devices along ``"sweep"``.
       static: the name(s) of hyperparameters that change shapes.
 
     Returns:
