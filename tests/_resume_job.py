@@ -10,6 +10,10 @@ on the device). Each update sleeps ``SECONDS_PER_STEP`` (in ``batch_fn`` on the
 host, or in a host callback inside the scan) so that the test can kill the run at
 chosen moments; the sleep does not change any value. On success the final state's
 leaves are written to ``WORKDIR/final.npz`` (typed keys as their key data).
+
+With ``JAXMATH_RESUME_MESH=DATA,FSDP`` (and as many devices, e.g.
+``JAX_NUM_CPU_DEVICES``) the state is placed on that mesh (fsdp shards the 2x16 and
+16x1 weights and their Adam moments) and each batch is split over its devices.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import numpy as np
 import optax
 
 from jaxmath.run.loop import train_loop
+from jaxmath.run.mesh import batch_sharding, make_mesh, state_shardings
 
 NUM_STEPS = 160
 LOG_EVERY = 10
@@ -84,11 +89,17 @@ def make_batch_fn(seconds_per_step: float = 0.0, steps_per_call: int = 1):
 
 
 def run(workdir, seconds_per_step: float = 0.0, progress: str = "none",
-        steps_per_call: int = 1):
-    return train_loop(init_state(), step_fn, make_batch_fn(seconds_per_step, steps_per_call),
+        steps_per_call: int = 1, mesh: tuple[int, int] | None = None):
+    state, sharding = init_state(), None
+    if mesh is not None:
+        m = make_mesh(*mesh)
+        state = jax.device_put(state, state_shardings(state, m, min_size=16))
+        sharding = batch_sharding(m)
+    return train_loop(state, step_fn, make_batch_fn(seconds_per_step, steps_per_call),
                       num_steps=NUM_STEPS, workdir=workdir, log_every=LOG_EVERY,
                       checkpoint_every=CHECKPOINT_EVERY, max_to_keep=MAX_TO_KEEP,
-                      desc="resume-job", progress=progress, steps_per_call=steps_per_call)
+                      desc="resume-job", progress=progress, steps_per_call=steps_per_call,
+                      batch_sharding=sharding)
 
 
 def leaves(state) -> list[np.ndarray]:
@@ -104,7 +115,9 @@ def main(argv: list[str]) -> None:
     workdir = argv[1]
     seconds = float(argv[2]) if len(argv) > 2 else 0.0
     steps_per_call = int(argv[3]) if len(argv) > 3 else 1
-    result = run(workdir, seconds, progress="lines", steps_per_call=steps_per_call)
+    mesh = os.environ.get("JAXMATH_RESUME_MESH")
+    mesh = None if mesh is None else tuple(int(v) for v in mesh.split(","))
+    result = run(workdir, seconds, progress="lines", steps_per_call=steps_per_call, mesh=mesh)
     tmp = os.path.join(workdir, "final.tmp.npz")
     np.savez(tmp, *leaves(result.state))
     os.replace(tmp, os.path.join(workdir, "final.npz"))

@@ -9,7 +9,9 @@ one before, drop the metrics rows after it, and finish.
 The final state's leaves must equal (np.array_equal) those of an uninterrupted run,
 computed in this process meanwhile, and metrics.jsonl must hold the same rows: no
 step duplicated or missing. Both paths of the loop are killed: one call per update
-(batch_fn on the host) and the updates between log steps scanned in one call. (Kills
+(batch_fn on the host) and the updates between log steps scanned in one call, and the
+first also with the state sharded over 2 devices (fsdp; the reference then runs in a
+subprocess with the same devices). (Kills
 at other moments, done in-process by removing what a kill would not have left, are in
 tests/test_train_loop.py.)
 """
@@ -38,14 +40,18 @@ WAIT_S = 120.0            # generous: the machine is shared
 POLL_S = 0.002
 
 
-def _start(workdir: Path, cache: Path, steps_per_call: int) -> subprocess.Popen:
+MESH = {"JAX_NUM_CPU_DEVICES": "2", "JAXMATH_RESUME_MESH": "1,2"}  # fsdp over 2 devices
+
+
+def _start(workdir: Path, cache: Path, steps_per_call: int, seconds: float = SECONDS_PER_STEP,
+           **env_vars: str) -> subprocess.Popen:
     # The runs share a persistent compilation cache: only the first one compiles.
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(ROOT),
                JAX_COMPILATION_CACHE_DIR=str(cache),
                JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0")
+               JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0", **env_vars)
     return subprocess.Popen(
-        [sys.executable, "-m", "tests._resume_job", str(workdir), str(SECONDS_PER_STEP),
+        [sys.executable, "-m", "tests._resume_job", str(workdir), str(seconds),
          str(steps_per_call)],
         cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
@@ -83,12 +89,27 @@ def _uninterrupted(workdir: Path, steps_per_call: int):
     return job.leaves(result.state), result.history
 
 
-@pytest.mark.parametrize("steps_per_call", [1, 0], ids=["per-step", "scan"])
-def test_killed_run_resumes_bit_identical(tmp_path, steps_per_call):
+def _uninterrupted_on_a_mesh(workdir: Path, cache: Path, steps_per_call: int):
+    """The reference run on the job's mesh: in a subprocess with the job's devices."""
+    proc = _start(workdir, cache, steps_per_call, seconds=0.0, **MESH)
+    out, _ = proc.communicate(timeout=WAIT_S)
+    assert proc.returncode == 0, out
+    with np.load(workdir / "final.npz") as final:
+        return [final[f"arr_{i}"] for i in range(len(final.files))], MetricsLog(workdir).read()
+
+
+@pytest.mark.parametrize(("steps_per_call", "mesh"), [(1, False), (0, False), (1, True)],
+                         ids=["per-step", "scan", "per-step-fsdp-2-devices"])
+def test_killed_run_resumes_bit_identical(tmp_path, steps_per_call, mesh):
     workdir, cache = tmp_path / "run", tmp_path / "jax_cache"
-    proc = _start(workdir, cache, steps_per_call)
+    env = MESH if mesh else {}
+    proc = _start(workdir, cache, steps_per_call, **env)
     with ThreadPoolExecutor(1) as pool:  # the reference runs while the job starts up
-        reference = pool.submit(_uninterrupted, tmp_path / "uninterrupted", steps_per_call)
+        if mesh:
+            reference = pool.submit(_uninterrupted_on_a_mesh, tmp_path / "uninterrupted",
+                                    tmp_path / "ref_cache", steps_per_call)
+        else:
+            reference = pool.submit(_uninterrupted, tmp_path / "uninterrupted", steps_per_call)
         # killed while a checkpoint is being written, after a first complete one
         _kill_when(proc, lambda: (workdir / "checkpoints" / str(job.CHECKPOINT_EVERY)).is_dir()
                    and bool(_tmp_checkpoints(workdir)), "a second checkpoint being written")
@@ -96,7 +117,7 @@ def test_killed_run_resumes_bit_identical(tmp_path, steps_per_call):
         ref_leaves, ref_history = reference.result(timeout=WAIT_S)
 
     # restarted to the end
-    proc = _start(workdir, cache, steps_per_call)
+    proc = _start(workdir, cache, steps_per_call, **env)
     out, _ = proc.communicate(timeout=WAIT_S)
     assert proc.returncode == 0, out
     assert re.search(r"resumed from the checkpoint at step (\d+)", out), out
