@@ -256,6 +256,15 @@ def process_rows(batch_size: int, sharding: NamedSharding) -> slice:
     return slice(lo, hi)
 
 
+def _placed_as(tree: PyTree, sharding: Any) -> bool:
+    """Whether every leaf of ``tree`` is a jax.Array already laid out as ``sharding``
+    (a sharding, or a pytree of them that is a prefix of ``tree``'s)."""
+    def placed(s, subtree):
+        return all(isinstance(x, jax.Array) and x.sharding.is_equivalent_to(s, x.ndim)
+                   for x in jax.tree.leaves(subtree))
+    return all(jax.tree.leaves(jax.tree.map(placed, sharding, tree)))
+
+
 def global_batch(local: PyTree, sharding: Any) -> PyTree:
     """The global batch from every process's rows (:func:`process_rows`), on ``sharding``
     (one sharding, or a pytree of them that is a prefix of the batch's).
@@ -263,6 +272,8 @@ def global_batch(local: PyTree, sharding: Any) -> PyTree:
     In a single process, ``local`` is the whole batch and this is ``jax.device_put``.
     """
     if jax.process_count() == 1:
+        if _placed_as(local, sharding):  # e.g. a jitted batch_fn on a one-device mesh
+            return local
         return jax.device_put(local, sharding)
 
     def assemble(s, subtree):
