@@ -54,6 +54,7 @@ def test_run_writes_every_file(tmp_path, capsys):
     assert summary["doubled"] == 4.0 and summary["num_steps"] == 2
     assert summary["config_written_first"] is True  # config.json exists before run() starts
     assert FACTS <= set(summary)
+    assert summary["mesh"] == f"data={jax.device_count()} fsdp=1"  # the echo config has one
     assert summary["jax_version"] == jax.__version__
     assert summary["backend"] == jax.default_backend()
     assert summary["devices"].startswith(f"{jax.device_count()} x ")
@@ -276,7 +277,10 @@ def test_a_mesh_or_batch_that_does_not_fit_fails_before_any_work(tmp_path, capsy
 def test_the_mesh_may_change_on_resume(tmp_path, capsys):
     workdir = tmp_path / "run"
     assert main(["run", ECHO, "--workdir", str(workdir)]) == 0
-    assert main(["run", ECHO, "--workdir", str(workdir), "--config.mesh.fsdp=2",
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.mesh.data=1",
+                 "--config.mesh.fsdp", str(jax.device_count()),
                  "--config.mesh.min_shard_size=7"]) == 0
-    assert json.loads((workdir / "config.json").read_text())["mesh"]["fsdp"] == 2
+    assert json.loads((workdir / "config.json").read_text())["mesh"]["min_shard_size"] == 7
+    summary = json.loads((workdir / "summary.json").read_text())
+    assert summary["mesh"] == f"data=1 fsdp={jax.device_count()}"
     assert main(["run", ECHO, "--workdir", str(workdir), "--config.value=9"]) == 2

@@ -24,10 +24,11 @@ is refused with exit status 2, naming the differing keys. ``--overwrite`` starts
 deletes the run files listed in :data:`RUN_FILES` from the workdir (nothing else).
 
 Multi-process runs: when the environment asks for one (``JAX_COORDINATOR_ADDRESS``,
-``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``; see :func:`jaxmath.run.startup.init_distributed`),
+``JAX_NUM_PROCESSES``, ``JAX_PROCESS_ID``, or ``JAXMATH_DISTRIBUTED=auto`` under SLURM,
+Open MPI, TPU pods or Kubernetes; see :mod:`jaxmath.run.startup` and docs/scaling.md),
 ``run`` joins the job before any JAX computation; every process runs the experiment, and only
 process 0 writes ``config.json``, ``summary.json``, ``report.md`` and plots, and prints the
-summary.
+summary. ``--dry-run`` prints the processes, devices, mesh and per-device batch and stops.
 
 Several cores, one sweep: ``--cpu-devices N`` exposes N CPU devices
 (:func:`jaxmath.run.startup.use_cpu_devices`) and :func:`jaxmath.run.sweep.run_sweep` shards
@@ -182,7 +183,7 @@ def load_experiment(experiments_dir: str | os.PathLike, name: str) -> ModuleType
     return importlib.import_module(f"{package}.{name}")
 
 
-def _run_facts(wall_time_s: float) -> dict[str, Any]:
+def _run_facts(wall_time_s: float, config) -> dict[str, Any]:
     import jax
 
     import jaxmath
@@ -197,6 +198,14 @@ def _run_facts(wall_time_s: float) -> dict[str, Any]:
     }
     if jax.process_count() > 1:
         facts["processes"] = jax.process_count()
+    if "mesh" in config:  # the layout the run used (it may change on resume)
+        from jaxmath.run.mesh import from_config
+
+        try:
+            shape = from_config(config.mesh).shape
+        except ConfigError:  # an experiment that builds no mesh ran with one that cannot fit
+            shape = {k: v for k, v in config.mesh.items() if k != "min_shard_size"}
+        facts["mesh"] = " ".join(f"{k}={v}" for k, v in shape.items())
     return facts
 
 
@@ -204,7 +213,8 @@ def _run_facts(wall_time_s: float) -> dict[str, Any]:
 
 
 def launch_facts(config) -> dict[str, Any]:
-    """What a run would run on: this process, the devices, the mesh and the per-device batch.
+    """What a run would run on: this process (:func:`jaxmath.run.startup.describe_processes`
+    plus the local devices' names and kind), the mesh and the per-device batch.
 
     The mesh is built from ``config.mesh`` (:func:`jaxmath.run.mesh.from_config`; a
     ConfigError if it does not fit the devices or does not divide ``config.batch_size``).
@@ -214,11 +224,9 @@ def launch_facts(config) -> dict[str, Any]:
     from jaxmath.run import mesh as meshes
 
     local = jax.local_devices()
-    facts: dict[str, Any] = {
-        "process_index": jax.process_index(), "process_count": jax.process_count(),
-        "devices": jax.device_count(), "local_devices": [str(d) for d in local],
-        "platform": local[0].platform, "device_kind": local[0].device_kind,
-    }
+    facts: dict[str, Any] = {**startup.describe_processes(),
+                             "local_device_names": [str(d) for d in local],
+                             "device_kind": local[0].device_kind}
     if "mesh" in config:
         mesh = meshes.from_config(config.mesh)
         facts["mesh"] = dict(mesh.shape)
@@ -230,10 +238,12 @@ def launch_facts(config) -> dict[str, Any]:
 
 def _print_launch(facts: dict[str, Any]) -> None:
     i, n = facts["process_index"], facts["process_count"]
-    print(f"{_PROG}: process {i} of {n}: {len(facts['local_devices'])} local device(s) "
-          f"{', '.join(facts['local_devices'])} ({facts['device_kind']})", flush=True)
+    print(f"{_PROG}: process {i} of {n}: {facts['local_devices']} local device(s) "
+          f"{', '.join(facts['local_device_names'])} ({facts['device_kind']})", flush=True)
     if i == 0:
-        print(f"{_PROG}: {facts['devices']} device(s) in all ({facts['platform']})")
+        joined = f", coordinator {facts['coordinator']}" if facts["coordinator"] else ""
+        print(f"{_PROG}: {facts['global_devices']} device(s) in all ({facts['platform']}"
+              f"{joined})")
         if "mesh" in facts:
             line = f"{_PROG}: mesh {facts['mesh']}"
             if "batch_size" in facts:
@@ -260,8 +270,9 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
 
     Returns:
       The experiment's summary, plus ``wall_time_s`` (seconds spent in ``run``),
-      ``jax_version``, ``jaxmath_version``, ``backend`` and ``devices`` (``"N x kind"``);
-      with ``dry_run``, :func:`launch_facts`.
+      ``jax_version``, ``jaxmath_version``, ``backend``, ``devices`` (``"N x kind"``),
+      ``processes`` (if more than one) and ``mesh`` (``"data=4 fsdp=1"``, for a config
+      with a ``mesh`` block); with ``dry_run``, :func:`launch_facts`.
 
     Raises:
       ConfigError: a bad config, override or experiment name, or a workdir that holds a run with
@@ -321,7 +332,7 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
     if not isinstance(summary, dict):
         raise TypeError(
             f"experiments.{name}.run must return a dict summary, got {type(summary).__name__}")
-    summary = {**summary, **_run_facts(wall_time_s)}
+    summary = {**summary, **_run_facts(wall_time_s, config)}
 
     title = name if variant is None else f"{name} ({variant})"
     command = shlex.join([_PROG, "run", spec, "--workdir", str(workdir), *overrides])
