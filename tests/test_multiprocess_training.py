@@ -11,24 +11,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from tests._jobs import finish, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 240  # per job; a hung collective fails the test instead of hanging it
 RTOL = 2e-5
 DIST_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
              "JAXMATH_DISTRIBUTED", "JAX_NUM_CPU_DEVICES", "XLA_FLAGS")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(workdir: Path, devices: int, **env_vars: str) -> subprocess.Popen:
@@ -42,28 +37,16 @@ def _start(workdir: Path, devices: int, **env_vars: str) -> subprocess.Popen:
                             stderr=subprocess.PIPE, text=True)
 
 
-def _finish(proc: subprocess.Popen, name: str) -> str:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"{name} timed out after {TIMEOUT_S} s; stderr:\n{err[-3000:]}")
-    if proc.returncode != 0:
-        pytest.fail(f"{name} exited with {proc.returncode}; stderr:\n{err[-3000:]}")
-    return out
-
-
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     shared, single = tmp_path_factory.mktemp("two_processes"), tmp_path_factory.mktemp("one")
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     procs = {"one_process": _start(single, 1)}
     for i in range(2):
         procs[f"process_{i}"] = _start(shared, 2, JAX_COORDINATOR_ADDRESS=address,
                                        JAX_NUM_PROCESSES="2", JAX_PROCESS_ID=str(i))
     try:
-        outputs = {name: _finish(proc, name) for name, proc in procs.items()}
+        outputs = {name: finish(proc, name, TIMEOUT_S) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
             if proc.poll() is None:

@@ -9,9 +9,7 @@ the real jax.distributed.initialize and get the GPUs the layout asks for.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +18,7 @@ import jax
 import pytest
 
 from jaxmath.run.startup import describe_processes, distributed_args, init_distributed
+from tests._jobs import free_port, result
 
 ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 120  # per process; a hung coordinator fails the test instead of hanging it
@@ -256,12 +255,6 @@ jax.distributed.shutdown()
 """
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _srun_task(tasks_per_node: str, task: int, port: int) -> subprocess.Popen:
     """This machine as a SLURM step of 2 tasks (1 per node, or 2 on one), task ``task``."""
     env = {k: v for k, v in os.environ.items()
@@ -275,26 +268,15 @@ def _srun_task(tasks_per_node: str, task: int, port: int) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
 
 
-def _result(proc: subprocess.Popen) -> dict:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    assert proc.returncode == 0 and lines, f"exit {proc.returncode}; stderr:\n{err[-3000:]}"
-    return json.loads(lines[-1].removeprefix("RESULT "))
-
-
 def test_two_slurm_tasks_join_one_job():
     """Both layouts start through the real jax.distributed.initialize: one task per node
     keeps every GPU (``all``); two tasks on a node take GPU 0 and GPU 1."""
     layouts = {"1(x2)": ["all", "all"], "2": ["0", "1"]}
-    ports = {layout: _free_port() for layout in layouts}
+    ports = {layout: free_port() for layout in layouts}
     procs = {(layout, task): _srun_task(layout, task, ports[layout])
              for layout in layouts for task in (0, 1)}
     for (layout, task), proc in procs.items():
-        facts = _result(proc)
+        facts = result(proc, f"task {task} of {layout}", TIMEOUT_S)
         assert facts == {"process_index": task, "process_count": 2, "local_devices": 1,
                          "global_devices": 2, "platform": "cpu",
                          "coordinator": f"localhost:{ports[layout]}", "joined": True,

@@ -10,9 +10,7 @@ The reference is the same sweep in this process on a one-device mesh.
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -22,6 +20,7 @@ import numpy as np
 import pytest
 
 from jaxmath.run.sweep import run_sweep
+from tests._jobs import free_port, result
 from tests._sweep_job import CHUNK_SIZE, HPARAMS, train
 from tests.tolerances import F32_ATOL, F32_RTOL
 
@@ -29,12 +28,6 @@ ROOT = Path(__file__).resolve().parent.parent
 TIMEOUT_S = 180  # per job; a hung collective fails the test instead of hanging it
 DIST_VARS = ("JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID",
              "JAXMATH_DISTRIBUTED")
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _start(devices: int, **env_vars: str) -> subprocess.Popen:
@@ -49,23 +42,10 @@ def _start(devices: int, **env_vars: str) -> subprocess.Popen:
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def _result(proc: subprocess.Popen, name: str) -> dict:
-    try:
-        out, err = proc.communicate(timeout=TIMEOUT_S)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-        out, err = proc.communicate()
-        pytest.fail(f"{name} timed out after {TIMEOUT_S} s; stderr:\n{err[-3000:]}")
-    lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
-    if proc.returncode != 0 or not lines:
-        pytest.fail(f"{name} exited with {proc.returncode}; stderr:\n{err[-3000:]}")
-    return json.loads(lines[-1][len("RESULT "):])
-
-
 @pytest.fixture(scope="module")
 def jobs():
     """Start the three subprocesses together, compute the reference meanwhile, collect."""
-    address = f"127.0.0.1:{_free_port()}"
+    address = f"127.0.0.1:{free_port()}"
     procs = {"four_devices": _start(4)}
     for i in range(2):
         procs[f"process_{i}"] = _start(2, JAX_COORDINATOR_ADDRESS=address,
@@ -74,7 +54,7 @@ def jobs():
         # the jobs run on the CPU (JAX_PLATFORMS=cpu): so does the reference
         one_device = jax.sharding.Mesh(np.asarray(jax.devices("cpu")[:1]), ("sweep",))
         reference = run_sweep(train, HPARAMS, mesh=one_device)
-        results = {name: _result(proc, name) for name, proc in procs.items()}
+        results = {name: result(proc, name, TIMEOUT_S) for name, proc in procs.items()}
     finally:
         for proc in procs.values():
             if proc.poll() is None:
