@@ -24,7 +24,7 @@ tour: $(VENV)/.runtime  ## every seed example evaluated with jaxmath beside a Nu
 test: $(VENV)/.dev  ## the whole test suite, doctests and lint included (slow checks excluded)
 	$(PY) -m ruff check .
 	$(PY) -m pytest -m "not slow and not multidevice" -n 2
-	JAX_NUM_CPU_DEVICES=4 $(PY) -m pytest -m "multidevice and not slow" -n 2 -p no:cacheprovider
+	JAX_NUM_CPU_DEVICES=4 $(PY) -m pytest tests -m "multidevice and not slow" -n 2 -p no:cacheprovider
 
 test-slow: $(VENV)/.dev  ## the long accuracy checks
 	$(PY) -m pytest -m slow
