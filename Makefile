@@ -4,7 +4,7 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 PIP    := $(PY) -m pip --disable-pip-version-check -q
 
-.PHONY: run tour test test-slow test-gpu bench bench-gpu lint clean
+.PHONY: run tour test test-slow test-gpu bench bench-scaling bench-gpu lint clean
 
 $(VENV)/.runtime: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +31,9 @@ test-slow: $(VENV)/.dev  ## the long accuracy checks
 
 bench: $(VENV)/.dev  ## CPU benchmarks against the reference libraries
 	$(PY) -m benchmarks.run
+
+bench-scaling: $(VENV)/.dev  ## per experiment and mesh: collectives, bytes and memory per device
+	$(PY) -m benchmarks.scaling
 
 # On a GPU machine: its own python3, whose JAX already has CUDA, runs this checkout as it
 # is (nothing is installed or reinstalled). Each pytest worker allocates GPU memory on
