@@ -12,8 +12,10 @@ partitioner compiles one program for all of them from the shardings alone:
   parallelism); with ``fsdp > 1`` each weight of at least ``min_size`` elements is
   split along its largest dimension divisible by ``fsdp`` (:func:`state_shardings`,
   fully sharded data parallelism, ZeRO-3): every device holds ``1 / fsdp`` of it, and
-  XLA all-gathers a weight where it is used and reduce-scatters its gradient. Small
-  weights (biases, norms) stay replicated.
+  XLA's partitioner chooses the collectives, typically an all-gather of a weight where
+  it is used and a reduce-scatter of its gradient (on some layers it moves activations
+  instead; docs/scaling.md shows what each experiment's step gets). Small weights
+  (biases, norms) stay replicated.
 
 The losses of a run do not depend on the layout beyond float32 reduction order: the
 global batch is the same, and random draws inside a step use JAX's partitionable
