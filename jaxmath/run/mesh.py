@@ -44,7 +44,7 @@ from jaxmath.run.config import ConfigError
 PyTree = Any
 
 __all__ = ["DATA_AXIS", "FSDP_AXIS", "MIN_SHARD_SIZE", "SWEEP_AXIS", "batch_sharding",
-           "check_batch", "describe", "from_config", "global_batch", "make_mesh",
+           "check_batch", "from_config", "global_batch", "make_mesh",
            "make_sweep_mesh", "mesh_config", "on_every_device", "process_rows", "replicated",
            "shard_init", "state_shardings"]
 
@@ -283,14 +283,3 @@ def global_batch(local: PyTree, sharding: Any) -> PyTree:
             lambda x: jax.make_array_from_process_local_data(s, np.asarray(x)), subtree)
 
     return jax.tree.map(assemble, sharding, local)
-
-
-def describe(mesh: Mesh, batch_size: int | None = None) -> str:
-    """One line on the mesh: its axes, devices, processes and per-device batch."""
-    devices = mesh.devices.flat
-    kinds = sorted({d.device_kind for d in devices})
-    text = (f"mesh {dict(mesh.shape)} over {mesh.size} {'/'.join(kinds)} device(s) in "
-            f"{len({d.process_index for d in mesh.devices.flat})} process(es)")
-    if batch_size is not None:
-        text += f"; batch {batch_size} = {check_batch(batch_size, mesh)} per device"
-    return text
