@@ -35,6 +35,7 @@ REGISTRY = {
     "attention": "benchmarks.attention",
     "sweep": "benchmarks.sweep",
     "ddpm_train": "benchmarks.ddpm_train",
+    "train_loop": "benchmarks.train_loop",
 }
 DEFAULT_OUTPUT = Path(__file__).parent / "results" / "cpu.json"
 FIELDS = {

@@ -20,6 +20,7 @@ from ml_collections import config_dict
 
 from jaxmath.run.config import apply_variant
 from jaxmath.run.mesh import mesh_config
+from jaxmath.run.writers import logging_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -55,6 +56,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # updates per jitted call (train_loop): None scans the steps between two log steps on a
     # GPU/TPU and makes one call per step on a CPU (faster there); 0 always scans, 1 never
     config.steps_per_call = config_dict.placeholder(int)
+    config.eval_every = 200  # the held-out denoising loss, every this many steps and the last
+    config.best_metric = "heldout_loss"  # checkpoints_best/ keeps the EMA state lowest on it
+    config.best_mode = "min"
+    config.profile_steps = config_dict.placeholder(str)  # "A:B": a profile of updates A+1..B
     config.eval = ml_collections.ConfigDict({
         "num_eval": 2000,           # samples per sampler and dataset; held-out set size
         "num_reference": 8,         # independent held-out draws for the reference level
@@ -66,6 +71,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     })
     # devices: the batch over data x fsdp, weights sharded over fsdp (docs/scaling.md)
     config.mesh = mesh_config()
+    # rows also to TensorBoard (workdir/tensorboard); W&B with --config.logging.wandb.enabled=True
+    config.logging = logging_config()
     return apply_variant(config, variant, quick={
         "data.datasets": ("two_moons", "eight_gaussians"),
         "data.num_train": 512,
@@ -78,6 +85,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "optim.warmup_steps": 5,
         "log_every": 10,
         "checkpoint_every": 20,
+        "eval_every": 10,
         "eval.num_eval": 128,
         "eval.num_reference": 2,
         "eval.num_projections": 32,

@@ -21,6 +21,7 @@ from ml_collections import config_dict
 
 from jaxmath.run.config import apply_variant
 from jaxmath.run.mesh import mesh_config
+from jaxmath.run.writers import logging_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -55,6 +56,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # updates per jitted call (train_loop): None scans the steps between two log steps on a
     # GPU/TPU and makes one call per step on a CPU (faster there); 0 always scans, 1 never
     config.steps_per_call = config_dict.placeholder(int)
+    config.profile_steps = config_dict.placeholder(str)  # "A:B": a profile of updates A+1..B
     config.sample = ml_collections.ConfigDict({
         "sampler": "ddim",
         "num_inference_steps": 100,
@@ -66,6 +68,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.target_factor = 2.0          # target: MMD(samples, held-out) <= factor x reference
     # devices: the batch over data x fsdp, weights sharded over fsdp (docs/scaling.md)
     config.mesh = mesh_config()
+    # rows also to TensorBoard (workdir/tensorboard); W&B with --config.logging.wandb.enabled=True
+    config.logging = logging_config()
     return apply_variant(config, variant, quick={
         "model.channels": 8,
         "model.channel_mults": (1,),

@@ -15,6 +15,7 @@ from ml_collections import config_dict
 
 from jaxmath.run.config import apply_variant
 from jaxmath.run.mesh import mesh_config
+from jaxmath.run.writers import logging_config
 
 
 def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
@@ -27,6 +28,10 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # updates per jitted call (train_loop): None scans the steps between two log steps on a
     # GPU/TPU and makes one call per step on a CPU (faster there); 0 always scans, 1 never
     config.steps_per_call = config_dict.placeholder(int)
+    config.eval_every = config_dict.placeholder(int)  # held-out evaluation; None: each log step
+    config.best_metric = "digits_test_accuracy"  # checkpoints_best/ keeps the best state by it
+    config.best_mode = "max"
+    config.profile_steps = config_dict.placeholder(str)  # "A:B": a profile of updates A+1..B
     config.batch_size = 128          # per dataset
     config.data = ml_collections.ConfigDict({
         "split_seed": 0,             # the digits train/test split
@@ -45,6 +50,8 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.target_accuracy = 0.97    # digits test accuracy
     # devices: the batch over data x fsdp, weights sharded over fsdp (docs/scaling.md)
     config.mesh = mesh_config()
+    # rows also to TensorBoard (workdir/tensorboard); W&B with --config.logging.wandb.enabled=True
+    config.logging = logging_config()
     return apply_variant(config, variant, quick={
         "num_steps": 20,
         "log_every": 10,

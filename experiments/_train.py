@@ -40,7 +40,9 @@ from jax.sharding import Mesh
 from matplotlib.figure import Figure
 
 from jaxmath._checks import is_tracer
-from jaxmath.run.loop import TrainResult, train_loop
+from jaxmath.run import writers as metric_writers
+from jaxmath.run.config import config_to_dict
+from jaxmath.run.loop import TrainResult, parse_profile_steps, train_loop
 from jaxmath.run.mesh import (
     MIN_SHARD_SIZE,
     batch_sharding,
@@ -135,14 +137,15 @@ def make_step(loss_fn: Callable, optimizer: optax.GradientTransformation) -> Cal
 
 def train_classifier(config, workdir, init_params: Callable[[jax.Array], PyTree],
                      key: jax.Array, loss_fn: Callable, batch_fn: Callable, *, desc: str,
-                     metrics_fn: Callable, mesh: Mesh) -> tuple[TrainResult, dict[str, Any]]:
+                     metrics_fn: Callable, mesh: Mesh,
+                     examples_per_step: int | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """A classifier's training: AdamW on the config's schedule (:func:`make_adamw`), the
     state from ``init_params(key)`` (:func:`init_state`) on ``mesh``, one update per step
     on ``loss_fn`` (:func:`make_step`), run by :func:`run_loop`: ``(result, timing)``."""
     optimizer = make_adamw(config.optim, config.num_steps)
     state = init_state(init_params, key, optimizer, mesh, config.mesh.min_shard_size)
     return run_loop(config, workdir, state, make_step(loss_fn, optimizer), batch_fn, desc=desc,
-                    metrics_fn=metrics_fn, mesh=mesh)
+                    metrics_fn=metrics_fn, mesh=mesh, examples_per_step=examples_per_step)
 
 
 def process_batches(batch_fn: Callable, mesh: Mesh, batch_size: int) -> Callable:
@@ -261,25 +264,40 @@ def step_number(step: int) -> int:
 
 
 def run_loop(config, workdir, state: PyTree, step_fn: Callable, batch_fn: Callable, *,
-             desc: str, metrics_fn: Callable | None = None,
-             mesh: Mesh | None = None) -> tuple[TrainResult, dict[str, Any]]:
+             desc: str, metrics_fn: Callable | None = None, mesh: Mesh | None = None,
+             examples_per_step: int | None = None) -> tuple[TrainResult, dict[str, Any]]:
     """``train_loop`` on the config's schedule, timed: ``(result, loop_timing(...))``.
 
     The config gives ``num_steps``, ``log_every``, ``checkpoint_every`` and
-    ``steps_per_call``; ``desc`` labels the progress bar. With a ``mesh``, ``batch_fn``
-    returns the global batch and the loop splits it over the mesh's data axes
-    (:func:`process_batches`); the state arrives placed on the mesh.
+    ``steps_per_call``, and optionally ``eval_every`` (``metrics_fn``, the evaluation on
+    held-out data, every this many steps; default every log step), ``best_metric`` and
+    ``best_mode`` (the best checkpoint by that evaluation metric), ``batch_size`` (the
+    examples per step for examples/s, unless ``examples_per_step`` says otherwise) and
+    ``profile_steps`` (``"A:B"``: a profiler trace of those updates); ``desc`` labels the
+    progress bar. With a ``mesh``, ``batch_fn`` returns the global
+    batch and the loop splits it over the mesh's data axes (:func:`process_batches`);
+    the state arrives placed on the mesh. The rows also go to the writers of the config's
+    ``logging`` block, if it has one (:func:`jaxmath.run.writers.from_config`: TensorBoard
+    in ``workdir/tensorboard``, W&B), closed when the loop ends or fails.
     """
-    t_start = time.perf_counter()
     sharding = None
     if mesh is not None and batch_fn is not step_number:
         batch_fn = process_batches(batch_fn, mesh, config.batch_size)
         sharding = batch_sharding(mesh)
-    result = train_loop(state, step_fn, batch_fn, num_steps=config.num_steps,
-                        workdir=workdir, log_every=config.log_every,
-                        checkpoint_every=config.checkpoint_every, desc=desc,
-                        metrics_fn=metrics_fn, steps_per_call=config.steps_per_call,
-                        batch_sharding=sharding)
+    writers = metric_writers.from_config(config.get("logging"), workdir,
+                                         hparams=config_to_dict(config))
+    t_start = time.perf_counter()
+    with writers:
+        result = train_loop(state, step_fn, batch_fn, num_steps=config.num_steps,
+                            workdir=workdir, log_every=config.log_every,
+                            checkpoint_every=config.checkpoint_every, desc=desc,
+                            metrics_fn=metrics_fn, steps_per_call=config.steps_per_call,
+                            batch_sharding=sharding, eval_every=config.get("eval_every"),
+                            best_metric=config.get("best_metric") if metrics_fn else None,
+                            best_mode=config.get("best_mode", "max"),
+                            examples_per_step=examples_per_step or config.get("batch_size"),
+                            profile_steps=parse_profile_steps(config.get("profile_steps")),
+                            writers=writers)
     return result, loop_timing(result, time.perf_counter() - t_start)
 
 
@@ -311,17 +329,32 @@ def loop_timing(result: TrainResult, train_s: float) -> dict[str, Any]:
 
     ``train_s``: the loop's wall time (as measured by the caller);
     ``train_compile_s``: its first jitted call alone, compilation included;
-    ``train_steps_per_s``: updates per second after that call, checkpoints and
-    evaluation excluded; ``steps_per_call``: updates per jitted call. For a resumed
-    run these describe the resumed part (None if it had nothing left to do).
+    ``train_steps_per_s``, ``train_examples_per_s``, ``train_flops_per_s``: updates,
+    examples and FLOPs per second after that call, checkpoints and evaluation excluded;
+    ``train_flops_per_step``: one update's FLOPs (XLA's cost analysis);
+    ``train_mfu``: model FLOPs utilisation (None on a device without a known peak,
+    e.g. a CPU); ``steps_per_call``: updates per jitted call. For a resumed run these
+    describe the resumed part (None if it had nothing left to do). With a best
+    checkpoint: ``best_step`` and ``best_value`` of its metric.
     """
     timing = result.timing
-    return {
+
+    def get(name):
+        return None if timing is None else getattr(timing, name)
+
+    out = {
         "train_s": train_s,
-        "train_compile_s": None if timing is None else timing.compile_s,
-        "train_steps_per_s": None if timing is None else timing.steps_per_s,
-        "steps_per_call": None if timing is None else timing.steps_per_call,
+        "train_compile_s": get("compile_s"),
+        "train_steps_per_s": get("steps_per_s"),
+        "train_examples_per_s": get("examples_per_s"),
+        "train_flops_per_step": get("flops_per_step"),
+        "train_flops_per_s": get("flops_per_s"),
+        "train_mfu": get("mfu"),
+        "steps_per_call": get("steps_per_call"),
     }
+    if result.best is not None:
+        out.update(best_step=result.best["step"], best_value=result.best["value"])
+    return out
 
 
 _COMPILE_EVENTS = ("/jax/core/compile/jaxpr_trace_duration",

@@ -45,7 +45,10 @@ target :math:`SW_2 \le` ``target_factor`` :math:`\cdot\, r` (factor 2) on every 
 bounds the model's own error by about :math:`\sqrt{3}\, r` -- the size of the sampling
 noise of ``num_eval`` points. The squared MMD with an RBF kernel (median-heuristic
 bandwidth on held-out data, :func:`jaxmath.metrics.mmd_squared`, unbiased) is logged
-alongside, with its own reference level.
+alongside, with its own reference level. During training, every ``eval_every`` steps, the
+moving average's denoising loss on the held-out points (one fixed draw of timesteps and
+noise, so that evaluations compare) is logged as ``heldout_loss`` (and per dataset), and
+the state where it is lowest is kept in ``checkpoints_best/`` (``best_metric``).
 
 Outputs. ``plots/samples.png`` (held-out data, DDPM and DDIM samples; one row per
 dataset), ``plots/loss.png`` (training loss of each model), and the summary: per dataset
@@ -172,8 +175,22 @@ def run(config, workdir) -> dict:
         metrics = {f"loss_{name}": losses[i] for i, name in enumerate(names)}
         return state, {"loss": jnp.mean(losses), **metrics}
 
+    # Evaluation during training: the EMA's denoising loss on the held-out points, with one
+    # fixed draw of timesteps and noise (the same at every evaluation, so comparable).
+    heldout = on_every_device(jnp.asarray(data["heldout"]), mesh)
+    k_eval = jax.random.fold_in(k_proj, 1)
+
+    @jax.jit
+    def heldout_losses(ema):
+        return jax.vmap(lambda p, x: model.apply(p, x, k_eval, method="loss"))(ema, heldout)
+
+    def evaluate(state, step):
+        losses = heldout_losses(state["ema"])
+        return {"heldout_loss": jnp.mean(losses),
+                **{f"heldout_loss_{name}": losses[i] for i, name in enumerate(names)}}
+
     result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_2d",
-                              mesh=mesh)
+                              metrics_fn=evaluate, mesh=mesh)
     params = result.state["ema"]
 
     # Sampling: DDPM (T steps) and DDIM (T / ddim_factor steps) from the same x_T.
@@ -197,7 +214,6 @@ def run(config, workdir) -> dict:
     directions = jax.random.normal(k_proj, (ev.num_projections, 2))
     sw = jax.jit(jax.vmap(lambda x, y: sliced_wasserstein(x, y, directions=directions)))
     mmd = jax.jit(jax.vmap(lambda x, y, s: mmd_squared(x, y, s, unbiased=True)))
-    heldout = jnp.asarray(data["heldout"])
     bandwidth = jax.vmap(median_bandwidth)(heldout[:, : ev.bandwidth_points])
     refs = [jnp.asarray(data["reference"][:, j]) for j in range(ev.num_reference)]
     scores_arr = {

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from jaxmath.run.cli import run_experiment
+from jaxmath.run.throughput import without_perf
 from tests.tolerances import default_precision_tol
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -45,8 +46,9 @@ def default_run(config: str, workdir: Path) -> dict:
 
 
 def metrics_rows(workdir: Path) -> list[dict]:
-    """The rows of ``workdir/metrics.jsonl``."""
-    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+    """The rows of ``workdir/metrics.jsonl``, without their throughput timings (``perf/``)."""
+    return [without_perf(json.loads(line))
+            for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
 def assert_run_files(workdir: Path, *names: str) -> None:
@@ -69,6 +71,10 @@ def assert_loop_timing(summary: dict, scan_steps: int) -> None:
     assert summary["steps_per_call"] == expected
     assert 0 < summary["train_compile_s"] < summary["train_s"] <= summary["wall_time_s"]
     assert summary["train_steps_per_s"] > 0 and summary["backend"] and summary["devices"]
+    assert summary["train_flops_per_step"] > 0 and summary["train_flops_per_s"] > 0
+    assert summary["train_examples_per_s"] > summary["train_steps_per_s"]  # batches of > 1
+    if jax.default_backend() == "cpu":
+        assert summary["train_mfu"] is None  # no peak for a CPU
 
 
 def check_scan_path(config: str, quick: tuple[dict, Path], workdir: Path,

@@ -15,7 +15,9 @@ from tests.tolerances import F32_ATOL, F32_LOOSE
 CONFIG = runs.config_path("cnn")
 SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric", "train_accuracy",
                 "test_errors", "num_test", "final_loss", "num_steps", "num_params", "train_s",
-                "train_compile_s", "train_steps_per_s", "steps_per_call"}
+                "train_compile_s", "train_steps_per_s", "steps_per_call",
+                "train_examples_per_s", "train_flops_per_step", "train_flops_per_s", "train_mfu",
+                "best_step", "best_value"}
 
 
 quick = runs.quick_fixture(CONFIG)

@@ -19,7 +19,9 @@ SUMMARY_KEYS = {"test_accuracy", "target", "target_met", "target_metric",
                 "digits_test_accuracy", "digits_train_accuracy", "two_moons_test_accuracy",
                 "two_moons_train_accuracy", "digits_test_errors", "digits_num_test",
                 "final_loss", "num_steps", "num_params", "train_s", "train_compile_s",
-                "train_steps_per_s", "steps_per_call"}
+                "train_steps_per_s", "steps_per_call",
+                "train_examples_per_s", "train_flops_per_step", "train_flops_per_s", "train_mfu",
+                "best_step", "best_value"}
 ROW_KEYS = {"step", "loss", "loss_digits", "loss_two_moons", "learning_rate",
             "digits_test_accuracy", "two_moons_test_accuracy"}
 

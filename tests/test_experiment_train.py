@@ -153,13 +153,18 @@ def test_smooth_is_a_trailing_moving_average():
 
 def test_loop_timing_puts_the_loops_timing_in_the_summary():
     timing = TrainTiming(compile_s=1.5, first_steps=10, steps=90, steps_s=0.5, eval_s=0.2,
-                         checkpoint_s=0.1, steps_per_call=10)
-    assert loop_timing(TrainResult({}, [], timing), 3.0) == {
+                         checkpoint_s=0.1, steps_per_call=10, examples_per_step=32,
+                         flops_per_step=2e6, peak_flops=1e12)
+    best = {"step": 40, "metric": "acc", "value": 0.9, "directory": "w/checkpoints_best"}
+    assert loop_timing(TrainResult({}, [], timing, best), 3.0) == {
         "train_s": 3.0, "train_compile_s": 1.5, "train_steps_per_s": 180.0,
-        "steps_per_call": 10}
+        "train_examples_per_s": 5760.0, "train_flops_per_step": 2e6,
+        "train_flops_per_s": 3.6e8, "train_mfu": 3.6e-4, "steps_per_call": 10,
+        "best_step": 40, "best_value": 0.9}
     assert loop_timing(TrainResult({}, []), 0.1) == {  # a finished run: nothing ran
         "train_s": 0.1, "train_compile_s": None, "train_steps_per_s": None,
-        "steps_per_call": None}
+        "train_examples_per_s": None, "train_flops_per_step": None, "train_flops_per_s": None,
+        "train_mfu": None, "steps_per_call": None}
 
 
 def test_compile_seconds_counts_compilation_only_inside_the_block():

@@ -15,7 +15,9 @@ CONFIG = runs.config_path("transformer")
 SUMMARY_KEYS = {"test_sequence_accuracy", "target", "target_met", "target_metric",
                 "test_token_accuracy", "num_test", "seq_len", "vocab_size", "final_loss",
                 "num_steps", "num_params", "train_s", "train_compile_s", "train_steps_per_s",
-                "steps_per_call"}
+                "steps_per_call",
+                "train_examples_per_s", "train_flops_per_step", "train_flops_per_s", "train_mfu",
+                "best_step", "best_value"}
 
 
 quick = runs.quick_fixture(CONFIG)

@@ -41,6 +41,7 @@ from jaxmath.run.loop import (
     _resolve_steps_per_call,
     train_loop,
 )
+from jaxmath.run.throughput import without_perf
 from tests.tolerances import F32_ATOL, F32_RTOL
 
 _OPT = optax.sgd(0.05, momentum=0.9)
@@ -111,8 +112,11 @@ def leaves_equal(a, b) -> bool:
 
 
 def run(workdir, num_steps, batch_fn=batch_fn, **kw):
+    """train_loop on the test problem; its rows without the throughput timings."""
     kw = {"log_every": 10, "checkpoint_every": 25, "progress": "none", **kw}
-    return train_loop(init_state(), step_fn, batch_fn, num_steps=num_steps, workdir=workdir, **kw)
+    result = train_loop(init_state(), step_fn, batch_fn, num_steps=num_steps, workdir=workdir,
+                        **kw)
+    return result._replace(history=[without_perf(r) for r in result.history])
 
 
 @pytest.fixture(scope="module")
@@ -149,7 +153,7 @@ def test_matches_the_bare_loop(whole, reference):
     np.testing.assert_allclose([r["loss"] for r in result.history], ref_losses[9::10],
                                rtol=F32_RTOL, atol=F32_ATOL)
     assert set(result.history[0]) == {"step", "loss", "w0"}
-    assert result.history == MetricsLog(whole.workdir).read()
+    assert result.history == [without_perf(r) for r in MetricsLog(whole.workdir).read()]
     with Checkpointer(whole.workdir) as ckpt:  # every 25 steps and the last, newest 3 kept
         assert ckpt.all_steps() == [25, 50, 60]
 
@@ -247,7 +251,7 @@ def test_finished_run_returns_without_stepping(tmp_path):
     again = train_loop(init_state(), step_fn, no_batches, num_steps=20, workdir=tmp_path,
                        progress="none")
     assert leaves_equal(again.state, done.state)
-    assert again.history == done.history
+    assert [without_perf(r) for r in again.history] == done.history
     with pytest.warns(RuntimeWarning, match="at step 20, past num_steps=10"):
         train_loop(init_state(), step_fn, no_batches, num_steps=10, workdir=tmp_path,
                    progress="none")
@@ -416,7 +420,8 @@ def test_scan_path_compiles_once(tmp_path, caplog):
     with jax.log_compiles(True):
         first = train_loop(init_state(), counting_step, batch_fn, num_steps=23, **kw)
         second = train_loop(init_state(), counting_step, batch_fn, num_steps=49, **kw)
-    assert len(traces) == 1 and len(_count_compiles(caplog, "_scan_steps")) == 1
+    # traced twice: for the scan, and alone for its FLOP count (lowered, never compiled)
+    assert len(traces) == 2 and len(_count_compiles(caplog, "_scan_steps")) == 1
     assert not _count_compiles(caplog, "_guarded_step")
     assert [r["step"] for r in second.history] == [5, 10, 15, 20, 23, 25, 30, 35, 40, 45, 49]
     assert first.history == second.history[:5]
@@ -496,7 +501,8 @@ def test_timing_of_a_run(tmp_path, whole_scan):
 def test_plain_lines_when_not_a_terminal(tmp_path, capsys):
     run(tmp_path, 20, progress="auto", desc="fit")
     lines = capsys.readouterr().out.strip().splitlines()
-    pattern = r"fit step (10|20)/20 loss \d\S* elapsed \d+\.\ds eta \d+\.\ds"
+    pattern = (r"fit step (10|20)/20 loss \d\S* \(\S+ \S*steps/s, \S+ \S*FLOP/s\) "
+               r"elapsed \d+\.\ds eta \d+\.\ds")
     assert len(lines) == 2 and all(re.fullmatch(pattern, line) for line in lines), lines
     run(tmp_path, 30, progress="lines", desc="fit")
     out = capsys.readouterr().out
@@ -598,3 +604,120 @@ BAD += [(lambda d, fn=fn: fn(d, steps_per_call=0, batch_fn=device_batch_fn), exc
 def test_bad_inputs(tmp_path, fn, exc, match):
     with pytest.raises(exc, match=match):
         fn(tmp_path)
+
+
+# --------------------------------------------------------------------------- evaluation
+
+
+def score_fn(state, step):
+    """A held-out score peaking at step 20 (and nan at step 45)."""
+    return {"score": jnp.where(step == 45, jnp.nan, -abs(step - 20.0)),
+            "w_norm": jnp.linalg.norm(state["params"]["w"])}
+
+
+def test_eval_every_adds_rows_and_calls(tmp_path):
+    seen = []
+
+    def metrics_fn(state, step):
+        seen.append(step)
+        return score_fn(state, step)
+
+    result = run(tmp_path, 40, log_every=10, eval_every=15, metrics_fn=metrics_fn)
+    assert seen == [15, 30, 40]  # every 15 steps and the last
+    assert [r["step"] for r in result.history] == [10, 15, 20, 30, 40]
+    assert [("score" in r) for r in result.history] == [False, True, False, True, True]
+    whole = run(tmp_path / "whole", 40)  # evaluation does not change the training
+    assert [r["loss"] for r in result.history if r["step"] % 10 == 0] == [
+        r["loss"] for r in whole.history]
+
+
+@pytest.mark.parametrize("steps_per_call", [1, 0])
+def test_best_checkpoint_is_kept_beside_the_latest(tmp_path, steps_per_call):
+    kw = {"eval_every": 5, "metrics_fn": score_fn, "best_metric": "score",
+          "steps_per_call": steps_per_call, "batch_fn": device_batch_fn}
+    result = run(tmp_path, 50, **kw)
+    assert result.best == {"step": 20, "metric": "score", "value": 0.0,
+                           "directory": str(tmp_path / "checkpoints_best")}
+    at_20 = run(tmp_path / "short", 20, batch_fn=device_batch_fn,
+                steps_per_call=steps_per_call)
+    with Checkpointer(tmp_path, subdir="checkpoints_best") as best:
+        assert best.all_steps() == [20]
+        step, state = best.restore_latest(init_state())
+        assert best.latest_metrics() == {"metric": "score", "mode": "max", "step": 20,
+                                         "value": 0.0}
+    assert step == 20 and leaves_equal(state, at_20.state)
+    with Checkpointer(tmp_path) as ckpt:
+        assert ckpt.all_steps() == [25, 50]  # the latest ones, as without best_metric
+
+
+def test_best_by_min_and_resumed_runs_compare_with_the_saved_best(tmp_path):
+    def loss_fn(state, step):  # lowest at step 30, then 10 again
+        return {"eval_loss": jnp.float32({10: 3.0, 20: 2.0, 30: 1.0, 40: 5.0}[step])}
+
+    first = run(tmp_path, 20, metrics_fn=loss_fn, best_metric="eval_loss", best_mode="min")
+    assert first.best["step"] == 20 and first.best["value"] == 2.0
+    second = run(tmp_path, 40, metrics_fn=loss_fn, best_metric="eval_loss", best_mode="min")
+    assert second.best["step"] == 30 and second.best["value"] == 1.0
+    whole = run(tmp_path / "whole", 40, metrics_fn=loss_fn, best_metric="eval_loss",
+                best_mode="min")
+    assert whole.best["step"] == 30
+
+
+def test_nan_is_never_the_best(tmp_path):
+    def nan_first(state, step):
+        return {"score": jnp.float32(np.nan if step == 10 else -step)}
+
+    result = run(tmp_path, 30, metrics_fn=nan_first, best_metric="score")
+    assert result.best["step"] == 20 and result.best["value"] == -20.0
+
+
+@pytest.mark.parametrize("kw, error, match", [
+    ({"best_metric": "score"}, ValueError, "best_metric='score' needs a metrics_fn"),
+    ({"best_metric": "score", "metrics_fn": score_fn, "best_mode": "median"}, ValueError,
+     "best_mode must be one of"),
+    ({"best_metric": 3, "metrics_fn": score_fn}, TypeError, "best_metric must be a str"),
+    ({"eval_every": 0}, ValueError, "eval_every must be >= 1, got 0"),
+    ({"profile_steps": (5, 3)}, ValueError,
+     r"profile_steps=\(5, 3\) is outside the run: need 0 <= a < b <= num_steps=20"),
+    ({"profile_steps": (0, 21)}, ValueError, "outside the run"),
+    ({"profile_steps": "2:5"}, TypeError, "profile_steps must be a pair of ints"),
+])
+def test_bad_evaluation_and_profile_options(tmp_path, kw, error, match):
+    with pytest.raises(error, match=match):
+        run(tmp_path, 20, **kw)
+    assert not (tmp_path / "checkpoints").exists()  # refused before any step
+
+
+def test_best_metric_missing_from_the_evaluation(tmp_path):
+    with pytest.raises(ValueError, match=r"best_metric='acc' is not among the metrics "
+                                         r"metrics_fn returned at step 10: \['score', "):
+        run(tmp_path, 20, metrics_fn=score_fn, best_metric="acc")
+
+
+def test_chunks_do_not_cross_evaluation_steps():
+    assert _chunk_length(10, 30, 0, 15) == 5
+    assert _chunk_length(10, 30, 0) == 10
+
+
+# --------------------------------------------------------------------------- profile
+
+
+def _traces(workdir):
+    return sorted(p.name for p in (workdir / "profile").rglob("*") if p.is_file())
+
+
+def test_profile_steps_write_a_trace(tmp_path):
+    result = run(tmp_path, 20, profile_steps=(3, 7))
+    names = _traces(tmp_path)
+    assert any(n.endswith(".xplane.pb") for n in names), names
+    assert "perfetto_trace.json.gz" in names
+    assert [r["step"] for r in result.history] == [10, 20]  # the rows are unchanged
+    again = run(tmp_path / "plain", 20)
+    assert result.history == again.history
+
+
+def test_profile_is_not_repeated_by_a_resumed_run(tmp_path):
+    run(tmp_path, 10, checkpoint_every=10, profile_steps=(2, 4))
+    before = _traces(tmp_path)
+    run(tmp_path, 20, checkpoint_every=10, profile_steps=(2, 4))
+    assert _traces(tmp_path) == before

@@ -171,6 +171,8 @@ class Checkpointer:
       workdir: the run directory; checkpoints go to ``workdir/checkpoints``.
       max_to_keep: how many of the newest steps to keep (>= 1; keep >= 2 so that
         a damaged latest step still has one to fall back on).
+      subdir: the folder under ``workdir`` (``"checkpoints"``; the training loop keeps
+        its best state in ``"checkpoints_best"``).
 
     Example:
       >>> import tempfile
@@ -182,13 +184,16 @@ class Checkpointer:
       (10, Array([0., 1., 2.], dtype=float32))
     """
 
-    def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 3):
+    def __init__(self, workdir: str | os.PathLike, max_to_keep: int = 3,
+                 subdir: str = CHECKPOINT_DIR):
         if isinstance(max_to_keep, bool) or not isinstance(max_to_keep, int):
             raise TypeError(f"max_to_keep must be an int, got {type(max_to_keep).__name__}")
         if max_to_keep < 1:
             raise ValueError(f"max_to_keep must be >= 1, got {max_to_keep}")
         self.workdir = Path(workdir).absolute()
-        self.directory = self.workdir / CHECKPOINT_DIR
+        if not isinstance(subdir, str) or not subdir or Path(subdir).name != subdir:
+            raise ValueError(f"subdir must be a folder name, got {subdir!r}")
+        self.directory = self.workdir / subdir
         keep = ({"max_to_keep": max_to_keep} if preservation_policy is None else
                 {"preservation_policy": preservation_policy.LatestN(n=max_to_keep)})
         options = ocp.CheckpointManagerOptions(
@@ -212,10 +217,12 @@ class Checkpointer:
         """The saved steps, oldest first."""
         return sorted(self._manager.all_steps())
 
-    def save(self, step: int, state: PyTree) -> None:
+    def save(self, step: int, state: PyTree, metrics: dict | None = None) -> None:
         """Save ``state`` as ``step`` and wait until it is on disk.
 
-        An existing checkpoint with the same step is replaced.
+        An existing checkpoint with the same step is replaced. ``metrics``, a JSON-able
+        dict, is saved with it (in the same commit) and read back by
+        :meth:`latest_metrics`.
         """
         if isinstance(step, bool) or not isinstance(step, int | np.integer):
             raise TypeError(f"step must be an int, got {type(step).__name__}")
@@ -226,6 +233,8 @@ class Checkpointer:
         spec = _spec(tree)
         meta = {"format": _FORMAT, "step": step, "leaves": spec,
                 "spec_sha256": _spec_digest(spec), "sha256": _checksum(tree)}
+        if metrics is not None:
+            meta["metrics"] = dict(metrics)
         if step in self._manager.all_steps():
             self._manager.delete(step)
         self._manager.save(step, args=ocp.args.Composite(
@@ -296,6 +305,20 @@ class Checkpointer:
                     f"Moved it to {dest}; trying the checkpoint before it.",
                     RuntimeWarning, stacklevel=2)
         return None
+
+    def latest_metrics(self) -> dict | None:
+        """The ``metrics`` saved with the newest step, or None (none saved, no step, or
+        its metadata unreadable: :meth:`restore_latest` would then set it aside)."""
+        steps = self._manager.all_steps()
+        if not steps:
+            return None
+        try:
+            meta = self._manager.restore(
+                max(steps), args=ocp.args.Composite(meta=ocp.args.JsonRestore())).meta
+        except Exception:
+            return None
+        metrics = meta.get("metrics") if isinstance(meta, dict) else None
+        return metrics if isinstance(metrics, dict) else None
 
     def close(self) -> None:
         """Wait for pending writes and release orbax's resources."""

@@ -43,6 +43,7 @@ Exit status: 0 on success; 2 for a usage or config error (one line on stderr, no
 from __future__ import annotations
 
 import argparse
+import contextlib
 import copy
 import hashlib
 import importlib
@@ -75,11 +76,13 @@ from jaxmath.run.report import summary_table, write_report, write_summary
 __all__ = ["RESUMABLE_KEYS", "RUN_FILES", "launch_facts", "list_configs", "load_experiment", "main",
            "run_experiment"]
 
-RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every", "mesh")
+RESUMABLE_KEYS = ("num_steps", "log_every", "checkpoint_every", "mesh", "eval_every",
+                  "profile_steps", "logging")
 """Top-level config keys that may differ from the stored config.json when a run is resumed."""
 
 RUN_FILES = ("config.json", "summary.json", "report.md", "metrics.jsonl", "sweep.jsonl",
-             "sweep.csv", "plots", "checkpoints")
+             "sweep.csv", "plots", "checkpoints", "checkpoints_best", "checkpoints_sweep",
+             "profile", "tensorboard", "wandb")
 """What ``--overwrite`` deletes from a workdir before starting afresh."""
 
 _PROG = "jaxmath"
@@ -236,6 +239,29 @@ def launch_facts(config) -> dict[str, Any]:
     return facts
 
 
+def _set_profile_steps(config, text: str | None) -> None:
+    """Check ``"A:B"`` (``--profile_steps``, else the config's own field) against
+    ``config.num_steps`` and store it in ``config.profile_steps``: a ConfigError names
+    the range and the run's length before any work."""
+    from jaxmath.run.loop import parse_profile_steps
+
+    given = text if text is not None else config.profile_steps
+    source = "--profile_steps" if text is not None else "config.profile_steps"
+    try:
+        a, b = parse_profile_steps(given)
+    except ValueError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    num_steps = config.get("num_steps")
+    if not 0 <= a < b or (isinstance(num_steps, int) and b > num_steps):
+        raise ConfigError(f"{source}={given} is outside the run: need 0 <= A < B <= "
+                          f"num_steps={num_steps}")
+    with config.unlocked() if hasattr(config, "unlocked") else contextlib.nullcontext():
+        if "profile_steps" in config:
+            config.profile_steps = f"{a}:{b}"
+        else:
+            config.profile_steps = ml_collections.FieldReference(f"{a}:{b}", field_type=str)
+
+
 def _print_launch(facts: dict[str, Any]) -> None:
     i, n = facts["process_index"], facts["process_count"]
     print(f"{_PROG}: process {i} of {n}: {facts['local_devices']} local device(s) "
@@ -254,7 +280,7 @@ def _print_launch(facts: dict[str, Any]) -> None:
 
 def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[str] = (), *,
                    overwrite: bool = False, verbose: bool = True,
-                   dry_run: bool = False) -> dict[str, Any]:
+                   dry_run: bool = False, profile_steps: str | None = None) -> dict[str, Any]:
     """Run the experiment a config names, in ``workdir``, and return its summary.
 
     Args:
@@ -267,6 +293,9 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
       dry_run: check the config, join the job and print (every process) what the run
         would run on (:func:`launch_facts`), then return those facts: nothing is trained
         or written.
+      profile_steps: ``"A:B"``: set ``config.profile_steps`` (added if the config has no
+        such field), so that the training loop writes a :mod:`jax.profiler` trace of the
+        updates ``A+1 .. B`` to ``workdir/profile``; checked against ``num_steps`` first.
 
     Returns:
       The experiment's summary, plus ``wall_time_s`` (seconds spent in ``run``),
@@ -294,6 +323,12 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
             f"got {name!r}")
     experiments_dir = config_path.parent.parent / "experiments"
     _experiment_file(experiments_dir, name)  # fail before any work
+    if profile_steps is not None or config.get("profile_steps") is not None:
+        _set_profile_steps(config, profile_steps)
+    if "logging" in config:  # writer names, W&B options and package: checked before any work
+        from jaxmath.run.writers import check_config
+
+        check_config(config.logging)
     workdir = Path(workdir)
     if workdir.exists() and not workdir.is_dir():
         raise ConfigError(f"--workdir {str(workdir)!r} exists and is not a directory")
@@ -333,6 +368,16 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
         raise TypeError(
             f"experiments.{name}.run must return a dict summary, got {type(summary).__name__}")
     summary = {**summary, **_run_facts(wall_time_s, config)}
+    if config.get("profile_steps") is not None:
+        from jaxmath.run.loop import PROFILE_DIR
+
+        profile = workdir / PROFILE_DIR
+        if profile.is_dir():
+            summary["profile"] = str(profile)
+        elif writer:
+            print(f"{_PROG}: warning: profile_steps={config.profile_steps} but "
+                  f"experiments/{name}.py wrote no profile (it does not train with "
+                  "jaxmath.run.loop.train_loop)", file=sys.stderr)
 
     title = name if variant is None else f"{name} ({variant})"
     command = shlex.join([_PROG, "run", spec, "--workdir", str(workdir), *overrides])
@@ -395,7 +440,7 @@ def _cmd_run(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.cpu_devices is not None:
         startup.use_cpu_devices(args.cpu_devices)
     run_experiment(args.config, args.workdir, overrides, overwrite=args.overwrite,
-                   dry_run=args.dry_run)
+                   dry_run=args.dry_run, profile_steps=args.profile_steps)
     return 0
 
 
@@ -452,6 +497,10 @@ def _build_parser() -> _Parser:
     run.add_argument("--dry-run", action="store_true",
                      help="print the processes, devices, mesh and per-device batch the run "
                           "would use, and stop: nothing is trained or written")
+    run.add_argument("--profile_steps", "--profile-steps", default=None, metavar="A:B",
+                     help="write a jax.profiler trace of the updates A+1..B to "
+                          "DIR/profile (open with TensorBoard's profile plugin or "
+                          "ui.perfetto.dev)")
     run.add_argument("--cpu-devices", type=int, default=None, metavar="N",
                      help="run on N CPU devices (e.g. the number of cores): sweeps shard "
                           "over them; same results as one device")

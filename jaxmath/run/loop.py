@@ -39,15 +39,23 @@ only top-level convolutions to its fast Eigen form, so a CNN's weight gradients 
 cores). ``steps_per_call=None`` takes the scan on accelerators and one call per
 update on a CPU.
 
-A log step's values are copied to the host asynchronously and written (and shown)
-when the next log step is reached, so logging does not stall the device either;
-only checkpoint steps wait, to check the losses before saving. The loop adds little
-to a bare Python loop of the jitted step.
+At a log step the loop waits for the updates to finish, checks the losses, and writes
+(and shows) the row with the throughput since the last one (:mod:`jaxmath.run.throughput`:
+steps/s, examples/s, FLOP/s, MFU): the one wait per row costs the device one dispatch's
+idle time (tens of microseconds) and makes every row's clock read when its updates were
+done, so that the rates are right whether the host or the device is the bottleneck. The
+loop adds little to a bare Python loop of the jitted step.
+
+Evaluation, the best state and profiles: ``metrics_fn`` (held-out metrics) runs every
+``eval_every`` steps; with ``best_metric`` the best state by it is kept in
+``workdir/checkpoints_best`` beside the latest checkpoints; ``profile_steps`` traces a
+range of updates with :mod:`jax.profiler` into ``workdir/profile``.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import functools
 import math
 import sys
@@ -67,12 +75,17 @@ from jaxmath._checks import check_choice
 from jaxmath.run.checkpoint import Checkpointer
 from jaxmath.run.files import MetricsLog
 from jaxmath.run.mesh import global_batch
+from jaxmath.run.throughput import Meter, peak_flops, step_flops
 
 PyTree = Any
 
-__all__ = ["NonFiniteLossError", "TrainResult", "TrainTiming", "train_loop"]
+__all__ = ["BEST_DIR", "PROFILE_DIR", "NonFiniteLossError", "TrainResult", "TrainTiming",
+           "parse_profile_steps", "train_loop"]
 
 PROGRESS_MODES = ("auto", "bar", "lines", "none")
+BEST_MODES = ("max", "min")
+BEST_DIR = "checkpoints_best"  # workdir/checkpoints_best: the best state by best_metric
+PROFILE_DIR = "profile"        # workdir/profile: the jax.profiler trace of profile_steps
 
 
 class NonFiniteLossError(FloatingPointError):
@@ -120,10 +133,17 @@ class TrainTiming(NamedTuple):
       checkpoint_s: time checking the losses and saving checkpoints, from when the
         updates before them were done.
       steps_per_call: the updates per jitted call (``K``; 1 on the per-step path).
+      examples_per_step: the global batch size, if given to :func:`train_loop`.
+      flops_per_step: one update's FLOPs (:func:`jaxmath.run.throughput.step_flops`:
+        the whole global batch, before XLA's optimisations), or None.
+      peak_flops: the summed peak FLOP/s of the devices the state lives on
+        (:func:`jaxmath.run.throughput.peak_flops`), or None (a CPU, a device not in
+        the table).
 
     Example:
-      >>> TrainTiming(2.0, 10, 90, 0.5, 0.1, 0.2, 10).steps_per_s
-      180.0
+      >>> t = TrainTiming(2.0, 10, 90, 0.5, 0.1, 0.2, 10, 32, 1e9, 1e12)
+      >>> t.steps_per_s, t.examples_per_s, t.mfu
+      (180.0, 5760.0, 0.18)
     """
 
     compile_s: float
@@ -133,11 +153,32 @@ class TrainTiming(NamedTuple):
     eval_s: float
     checkpoint_s: float
     steps_per_call: int
+    examples_per_step: int | None = None
+    flops_per_step: float | None = None
+    peak_flops: float | None = None
 
     @property
     def steps_per_s(self) -> float | None:
         """Updates per second after the first call (None if none ran after it)."""
         return self.steps / self.steps_s if self.steps and self.steps_s > 0 else None
+
+    @property
+    def examples_per_s(self) -> float | None:
+        """Examples per second after the first call (None without a batch size)."""
+        rate = self.steps_per_s
+        return None if rate is None or not self.examples_per_step else rate * self.examples_per_step
+
+    @property
+    def flops_per_s(self) -> float | None:
+        """FLOP/s after the first call (None without a FLOP count)."""
+        rate = self.steps_per_s
+        return None if rate is None or not self.flops_per_step else rate * self.flops_per_step
+
+    @property
+    def mfu(self) -> float | None:
+        """Model FLOPs utilisation after the first call: FLOP/s over the devices' peak."""
+        flops = self.flops_per_s
+        return None if flops is None or not self.peak_flops else flops / self.peak_flops
 
 
 class TrainResult(NamedTuple):
@@ -148,11 +189,15 @@ class TrainResult(NamedTuple):
       history: every row of ``metrics.jsonl``, across resumed runs, oldest first.
       timing: where this call's time went (:class:`TrainTiming`), or None if it ran
         no update (the workdir held a finished run).
+      best: with ``best_metric``, ``{"step", "metric", "value", "directory"}`` of the
+        best evaluation so far (across resumed runs; its state is the checkpoint in
+        ``directory``), or None.
     """
 
     state: PyTree
     history: list[dict]
     timing: TrainTiming | None = None
+    best: dict | None = None
 
 
 # --------------------------------------------------------------------------- checks
@@ -328,13 +373,15 @@ def _jitted_scan(step_fn: Callable, batch_fn: Callable, length: int, layout: _La
         donate_argnums=(0,) if donate else ()))
 
 
-def _chunk_length(log_every: int, checkpoint_every: int, steps_per_call: int) -> int:
+def _chunk_length(log_every: int, checkpoint_every: int, steps_per_call: int,
+                  eval_every: int | None = None) -> int:
     """Updates per call on the scan path: the largest divisor of gcd(log_every,
-    checkpoint_every) not above ``steps_per_call`` (0: no bound).
+    checkpoint_every, eval_every) not above ``steps_per_call`` (0: no bound).
 
-    Every log and checkpoint step is then a multiple of it, so no call crosses one.
+    Every log, checkpoint and evaluation step is then a multiple of it, so no call
+    crosses one.
     """
-    g = math.gcd(log_every, checkpoint_every)
+    g = math.gcd(log_every, checkpoint_every, eval_every or log_every)
     if steps_per_call == 0 or steps_per_call >= g:
         return g
     return max(d for d in range(1, steps_per_call + 1) if g % d == 0)
@@ -382,16 +429,18 @@ class _Stepper:
     """
 
     def __init__(self, step_fn, batch_fn, donate, steps_per_call, log_every,
-                 checkpoint_every, carry_sharding, layout):
+                 checkpoint_every, carry_sharding, layout, eval_every=None):
         self.batch_fn = batch_fn
         self.layout = layout
+        self.jstep = _jitted_step(step_fn, layout, donate)
         if steps_per_call == 1:
             self.length = 1
-            self.jstep = _jitted_step(step_fn, layout, donate)
             self.jscan = None
         else:
-            self.length = _chunk_length(log_every, checkpoint_every, steps_per_call)
+            self.length = _chunk_length(log_every, checkpoint_every, steps_per_call, eval_every)
             self.jscan = _jitted_scan(step_fn, batch_fn, self.length, layout, donate)
+        self.first_batch = None  # the per-step path's first batch, for flops()
+        self.profiling = False
         self.carry_sharding = carry_sharding
         self._counts: dict[int, jax.Array] = {}
         self.first_call: tuple[float, int] | None = None  # (seconds, updates)
@@ -418,15 +467,35 @@ class _Stepper:
             calls = _calls(a, b, self.length)
         for first, count in calls:
             t0 = time.perf_counter() if timed and self.first_call is None else None
-            if self.jscan is None:
-                state, metrics, carry = self.jstep(state, self._batch(first), carry)
-            else:
-                state, metrics, carry = self.jscan(state, carry, self._count(count))
+            with (jax.profiler.StepTraceAnnotation("train", step_num=first) if self.profiling
+                  else contextlib.nullcontext()):
+                if self.jscan is None:
+                    batch = self._batch(first)
+                    if t0 is not None:
+                        self.first_batch = batch
+                    state, metrics, carry = self.jstep(state, batch, carry)
+                else:
+                    state, metrics, carry = self.jscan(state, carry, self._count(count))
             if t0 is not None:  # the first call alone: wait for it
                 carry.block_until_ready()
                 self.first_done_at = time.perf_counter()
                 self.first_call = (self.first_done_at - t0, count)
         return state, metrics, carry
+
+    def flops(self, state: PyTree, carry: jax.Array) -> float | None:
+        """One update's FLOPs, from the cost analysis of the lowered one-update step
+        (:func:`jaxmath.run.throughput.step_flops`; on the per-step path, the lowering the
+        first call made); None where the backend has no cost analysis."""
+        if self.jscan is None:
+            batch, self.first_batch = self.first_batch, None
+            if batch is None:
+                return None
+        else:
+            try:
+                batch = jax.eval_shape(self.batch_fn, jax.ShapeDtypeStruct((), jnp.int32))
+            except Exception:  # the flops are optional
+                return None
+        return step_flops(self.jstep, state, batch, carry)
 
 
 # --------------------------------------------------------------------------- progress
@@ -459,9 +528,11 @@ class _Progress:
         elif self.mode == "lines":
             print(text, file=sys.stdout, flush=True)
 
-    def log(self, step: int, loss: float) -> None:
+    def log(self, step: int, loss: float, perf: str = "") -> None:
+        """Show a log step: its loss and ``perf``, the throughput text (rates, MFU)."""
         if self.bar is not None:
-            self.bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+            self.bar.set_postfix_str(f"loss={loss:.4g}" + (f", {perf}" if perf else ""),
+                                     refresh=False)
             self.bar.update(step - self.bar.n)
         elif self.mode == "lines":
             now = time.perf_counter()
@@ -474,7 +545,9 @@ class _Progress:
             eta = (self.total - step) / rate if rate > 0 else math.inf
             elapsed = now - self.t0
             print(f"{self.desc} step {step}/{self.total} loss {loss:.6g} "
-                  f"elapsed {_seconds(elapsed)} eta {_seconds(eta)}", file=sys.stdout, flush=True)
+                  + (f"({perf}) " if perf else "")
+                  + f"elapsed {_seconds(elapsed)} eta {_seconds(eta)}", file=sys.stdout,
+                  flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -518,7 +591,11 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
                checkpoint_every: int = 1000, desc: str = "train",
                metrics_fn: Callable[[PyTree, int], Mapping[str, Any]] | None = None,
                max_to_keep: int = 3, progress: str = "auto", donate: bool = True,
-               steps_per_call: int | None = 1, batch_sharding: Any = None) -> TrainResult:
+               steps_per_call: int | None = 1, batch_sharding: Any = None,
+               eval_every: int | None = None, best_metric: str | None = None,
+               best_mode: str = "max", examples_per_step: int | None = None,
+               profile_steps: tuple[int, int] | None = None,
+               writers: Any = None) -> TrainResult:
     r"""Train ``state`` for ``num_steps`` updates in ``workdir``, resuming where a run stopped.
 
     .. math:: \mathrm{state}_s = \mathrm{step\_fn}(\mathrm{state}_{s-1},\,
@@ -544,12 +621,12 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
       num_steps: total number of updates, counting those of earlier runs.
       workdir: the run directory: ``metrics.jsonl`` and ``checkpoints/`` live here.
       log_every: write a metrics row (and a progress update) every this many
-        steps and at the last step. A row reaches the file when the next log or
-        checkpoint step is reached (its values are fetched in the background).
+        steps and at the last step (flushed at once: a killed run keeps its rows).
       checkpoint_every: save a checkpoint every this many steps and at the last.
       desc: the progress bar's label.
-      metrics_fn: optional ``metrics_fn(state, step) -> dict`` of extra metrics
-        (e.g. test accuracy), called at each log step.
+      metrics_fn: the evaluation, optional: ``metrics_fn(state, step) -> dict`` of extra
+        metrics (e.g. accuracy on held-out data), called every ``eval_every`` steps and
+        at the last; its values join that step's row.
       max_to_keep: how many checkpoints to keep.
       progress: ``"auto"`` (a tqdm bar when stdout is a terminal, plain lines
         otherwise), ``"bar"``, ``"lines"`` or ``"none"``; process 0 alone shows it.
@@ -576,9 +653,38 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
         shardings it arrives with (place it with
         :func:`jaxmath.run.mesh.shard_init`), and a checkpoint is restored onto them,
         whatever layout it was saved from.
+      eval_every: call ``metrics_fn`` every this many steps (and at the last); such a
+        step also gets a row. Default: every log step.
+      best_metric: a key of ``metrics_fn``'s result: each evaluation that improves on
+        the best so far (by ``best_mode``; nan never does) saves the state in
+        ``workdir/checkpoints_best`` (:data:`BEST_DIR`, one step kept, its metrics
+        beside it), besides the latest checkpoints. A resumed run compares with the
+        best recorded there.
+      best_mode: ``"max"`` (accuracy) or ``"min"`` (a loss).
+      examples_per_step: the global batch size, for the examples/s of the progress
+        line and rows.
+      profile_steps: ``(a, b)``, ``0 <= a < b <= num_steps``: a :mod:`jax.profiler`
+        trace of the updates ``a + 1 .. b`` (from the state at step ``a`` to the state
+        at step ``b``) is written to ``workdir/profile`` (:data:`PROFILE_DIR`): open it
+        with TensorBoard's profile plugin (``tensorboard --logdir workdir/profile``) or
+        load its ``*.trace.json.gz`` in https://ui.perfetto.dev. Steps already done by
+        a resumed run are not traced again.
+      writers: more places for the rows, e.g. TensorBoard and W&B
+        (:class:`jaxmath.run.writers.MetricWriters`, from a config's ``logging`` block by
+        :func:`jaxmath.run.writers.from_config`): anything with ``write(step, row)``, called
+        with each row right after it is written to ``metrics.jsonl``. The loop never
+        closes them: the caller does.
+
+    Throughput: each row after the first call's gets ``perf/steps_per_s``,
+    ``perf/examples_per_s`` (with ``examples_per_step``), ``perf/flops_per_s`` and, on
+    a device in :data:`jaxmath.run.throughput.PEAK_FLOPS`, ``perf/mfu``: rates between
+    the completions of successive rows, evaluation and checkpoint time left out
+    (:class:`jaxmath.run.throughput.Meter`); the first row after compilation gets
+    ``perf/compile_s``. They are timings: compare runs on
+    :func:`jaxmath.run.throughput.without_perf` of their rows.
 
     Returns:
-      ``TrainResult(state, history, timing)``: the state after ``num_steps``
+      ``TrainResult(state, history, timing, best)``: the state after ``num_steps``
       updates, all rows of ``metrics.jsonl`` and where this call's time went
       (:class:`TrainTiming`: the first call alone, with compilation, and the
       updates per second after it). A workdir whose checkpoint is already at
@@ -624,9 +730,15 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
     if metrics_fn is not None:
         _check_callable(metrics_fn, "metrics_fn")
     check_choice(progress, "progress", PROGRESS_MODES)
+    if eval_every is not None:
+        eval_every = _check_int(eval_every, "eval_every", 1)
+    if examples_per_step is not None:
+        examples_per_step = _check_int(examples_per_step, "examples_per_step", 1)
+    best = _Best.check(best_metric, best_mode, metrics_fn)
+    profile = _check_profile_steps(profile_steps, num_steps)
     workdir = Path(workdir)
     log = MetricsLog(workdir)
-    with Checkpointer(workdir, max_to_keep=max_to_keep) as ckpt:
+    with Checkpointer(workdir, max_to_keep=max_to_keep) as ckpt, best.open(workdir):
         initial = state
         restored = ckpt.restore_latest(state)
         start, state = (0, state) if restored is None else restored
@@ -637,50 +749,171 @@ def train_loop(state: PyTree, step_fn: Callable, batch_fn: Callable[[int], Any],
                 warnings.warn(f"the checkpoint in {ckpt.directory} is at step {start}, past "
                               f"num_steps={num_steps}; returning it unchanged",
                               RuntimeWarning, stacklevel=2)
-            return TrainResult(state, log.read())
+            return TrainResult(state, log.read(), None, best.record())
         if steps_per_call != 1:
             _check_traceable(batch_fn, steps_per_call)
         steps_per_call = _resolve_steps_per_call(
             steps_per_call, next(iter(carry_sharding.device_set)).platform)
         stepper = _Stepper(step_fn, batch_fn, donate, steps_per_call, log_every,
-                           checkpoint_every, carry_sharding, _Layout.of(state, batch_sharding))
+                           checkpoint_every, carry_sharding, _Layout.of(state, batch_sharding),
+                           eval_every if metrics_fn else None)
         bar = _Progress(progress if jax.process_index() == 0 else "none", desc, start,
                         num_steps)
         try:
             if restored is not None:
                 bar.message(f"{desc}: resumed from the checkpoint at step {start} "
                             f"in {ckpt.directory}")
-            state, timing = _run(state, initial, stepper, start, restored is not None,
-                                 num_steps, log_every, checkpoint_every, metrics_fn, donate,
-                                 log, ckpt, bar)
+            plan = _Plan(num_steps, log_every, checkpoint_every,
+                         eval_every if eval_every and metrics_fn else log_every,
+                         profile, workdir / PROFILE_DIR, examples_per_step)
+            state, timing = _run(state, initial, stepper, start, restored is not None, plan,
+                                 metrics_fn, best, donate, log, ckpt, bar, writers)
         finally:
             bar.close()
-    return TrainResult(state, log.read(), timing)
+    return TrainResult(state, log.read(), timing, best.record())
 
 
-def _next_boundary(step: int, num_steps: int, log_every: int, checkpoint_every: int) -> int:
-    """The first log or checkpoint step after ``step``."""
-    return min(num_steps, (step // log_every + 1) * log_every,
-               (step // checkpoint_every + 1) * checkpoint_every)
+class _Plan(NamedTuple):
+    """When things happen in a run: rows, checkpoints, evaluations, the profile."""
+
+    num_steps: int
+    log_every: int
+    checkpoint_every: int
+    eval_every: int
+    profile: tuple[int, int] | None
+    profile_dir: Path
+    examples_per_step: int | None
+
+    def next_boundary(self, step: int) -> int:
+        """The first log, checkpoint, evaluation or profile step after ``step``."""
+        nxt = min((step // p + 1) * p
+                  for p in (self.log_every, self.checkpoint_every, self.eval_every))
+        for point in self.profile or ():
+            if point > step:
+                nxt = min(nxt, point)
+        return min(nxt, self.num_steps)
+
+    def at(self, done: int) -> tuple[bool, bool, bool]:
+        """(row, evaluation, checkpoint) at step ``done``."""
+        last = done == self.num_steps
+        evaluate = done % self.eval_every == 0 or last
+        return done % self.log_every == 0 or evaluate, evaluate, (
+            done % self.checkpoint_every == 0 or last)
 
 
-def _run(state, initial, stepper, start, restored, num_steps, log_every, checkpoint_every,
-         metrics_fn, donate, log, ckpt, bar):
-    """The loop, from log or checkpoint step to the next. A log step's values are copied
-    to the host asynchronously and written at the next log step (by then long
-    computed), so logging never stalls the device queue; a checkpoint step is checked
-    and written at once, before the save, so nothing reaches a checkpoint unchecked.
+def parse_profile_steps(text: str | None) -> tuple[int, int] | None:
+    """``"A:B"`` (a config field or ``--profile_steps``) as ``(A, B)``; None stays None.
+
+    Example:
+      >>> parse_profile_steps("10:20"), parse_profile_steps(None)
+      ((10, 20), None)
+    """
+    if text is None or isinstance(text, tuple):
+        return text
+    parts = str(text).split(":")
+    try:
+        if len(parts) != 2:
+            raise ValueError
+        return int(parts[0]), int(parts[1])
+    except ValueError:
+        raise ValueError(f"profile_steps must be 'A:B' with integers A < B (trace the updates "
+                         f"A+1 .. B), got {text!r}") from None
+
+
+def _check_profile_steps(profile_steps: Any, num_steps: int) -> tuple[int, int] | None:
+    if profile_steps is None:
+        return None
+    if (not isinstance(profile_steps, tuple | list) or len(profile_steps) != 2
+            or not all(isinstance(x, int | np.integer) and not isinstance(x, bool)
+                       for x in profile_steps)):
+        raise TypeError(f"profile_steps must be a pair of ints (a, b), got {profile_steps!r}")
+    a, b = (int(x) for x in profile_steps)
+    if not 0 <= a < b <= num_steps:
+        raise ValueError(f"profile_steps=({a}, {b}) is outside the run: need "
+                         f"0 <= a < b <= num_steps={num_steps}")
+    return a, b
+
+
+class _Best:
+    """The best evaluation by one metric, and its state in ``workdir/checkpoints_best``."""
+
+    def __init__(self, metric: str | None = None, mode: str = "max"):
+        self.metric, self.mode = metric, mode
+        self.ckpt: Checkpointer | None = None
+        self.step: int | None = None
+        self.value: float | None = None
+        self.directory: Path | None = None
+
+    @classmethod
+    def check(cls, metric: Any, mode: Any, metrics_fn: Any) -> _Best:
+        if metric is None:
+            return cls()
+        if not isinstance(metric, str):
+            raise TypeError(f"best_metric must be a str, got {type(metric).__name__}")
+        check_choice(mode, "best_mode", BEST_MODES)
+        if metrics_fn is None:
+            raise ValueError(f"best_metric={metric!r} needs a metrics_fn that returns it")
+        return cls(metric, mode)
+
+    @contextlib.contextmanager
+    def open(self, workdir: Path):
+        if self.metric is None:
+            yield self
+            return
+        with Checkpointer(workdir, max_to_keep=1, subdir=BEST_DIR) as ckpt:
+            self.ckpt, self.directory = ckpt, ckpt.directory
+            saved = ckpt.latest_metrics()
+            if saved is not None and saved.get("metric") == self.metric:
+                self.step, self.value = saved["step"], saved["value"]
+            try:
+                yield self
+            finally:
+                self.ckpt = None
+
+    def consider(self, step: int, extra: Mapping[str, Any], state: PyTree) -> None:
+        """Save ``state`` as the best if ``extra[metric]`` improves on the best so far."""
+        if self.ckpt is None:
+            return
+        if self.metric not in extra:
+            raise ValueError(f"best_metric={self.metric!r} is not among the metrics "
+                             f"metrics_fn returned at step {step}: {sorted(extra)}")
+        value = float(np.asarray(jax.device_get(extra[self.metric])))
+        if not math.isfinite(value) and not (self.mode == "max" and value == math.inf):
+            return
+        if self.value is not None and not (
+                value > self.value if self.mode == "max" else value < self.value):
+            return
+        self.ckpt.save(step, state, metrics={"metric": self.metric, "mode": self.mode,
+                                             "step": step, "value": value})
+        self.step, self.value = step, value
+
+    def record(self) -> dict | None:
+        if self.metric is None or self.step is None:
+            return None
+        return {"step": self.step, "metric": self.metric, "value": self.value,
+                "directory": str(self.directory)}
+
+
+def _run(state, initial, stepper, start, restored, plan, metrics_fn, best, donate, log, ckpt,
+         bar, writers=None):
+    """The loop, from boundary to boundary (log, checkpoint, evaluation or profile step).
+
+    At a row or checkpoint step the loop waits for the updates, reads the clock (the
+    throughput's) and checks the losses before anything else, so that nothing is
+    evaluated, written or checkpointed after a non-finite loss.
 
     Timing: the first call is waited for (its time is the compilation's). Before
-    ``metrics_fn`` and before a checkpoint the loop waits for the updates to finish
-    anyway (to read their results), so their time is measured apart from the steps'.
+    ``metrics_fn``, a checkpoint and the profiler's start and stop the loop waits for
+    the updates to finish anyway (to read their results), so their time is measured
+    apart from the steps'.
     """
     carry = jax.device_put(_carry(start), stepper.carry_sharding)
     last_saved = start if restored else None
-    pending = None  # (step, metrics, extra metrics, carry) of the last log step
-    eval_s = checkpoint_s = 0.0
+    paused = {"eval": 0.0, "checkpoint": 0.0, "other": 0.0}
+    meter, compile_row = None, True
 
-    def write(done, metrics, extra, carry):
+    def check(carry):
+        """Raise NonFiniteLossError (the last good state saved) if a loss was not finite."""
         first_bad, bad_loss = _first_bad(carry)
         if first_bad:
             saved = first_bad - 1
@@ -688,46 +921,88 @@ def _run(state, initial, stepper, start, restored, num_steps, log_every, checkpo
             if saved != last_saved:
                 _save_replayed(saved, initial, stepper, donate, ckpt)
             raise NonFiniteLossError(first_bad, bad_loss, saved, str(ckpt.directory))
-        if metrics is not None:
-            row = {**jax.device_get(metrics), **jax.device_get(extra)}
-            log.write(done, row, fsync=False)  # flushed: safe from a killed process
-            bar.log(done, float(row["loss"]))
 
-    done = start
-    while done < num_steps:
-        step, done = done, _next_boundary(done, num_steps, log_every, checkpoint_every)
-        state, metrics, carry = stepper.advance(state, carry, step, done)
-        log_now = done % log_every == 0 or done == num_steps
-        save_now = done % checkpoint_every == 0 or done == num_steps
-        extra = {}
-        if log_now and metrics_fn is not None:
-            t0 = _ready(carry)
-            extra = dict(metrics_fn(state, done))
-            eval_s += time.perf_counter() - t0
-        if pending is not None:
-            write(*pending)
-            pending = None
-        if save_now:
-            t0 = _ready(carry)
-            write(done, metrics if log_now else None, extra, carry)
-            log.sync()  # the rows up to a checkpoint are on disk before it
-            ckpt.save(done, state)
-            last_saved = done
-            checkpoint_s += time.perf_counter() - t0
-        else:
-            for x in jax.tree.leaves((metrics, extra, carry)):
-                if isinstance(x, jax.Array):
-                    x.copy_to_host_async()
-            pending = (done, metrics, extra, carry)
-    # the last step is a checkpoint step: nothing is pending, every update is done
+    try:
+        if plan.profile is not None and plan.profile[0] <= start < plan.profile[1]:
+            _start_profile(plan, carry, stepper, paused)
+        done = start
+        while done < plan.num_steps:
+            step, done = done, plan.next_boundary(done)
+            state, metrics, carry = stepper.advance(state, carry, step, done)
+            if meter is None:  # the rates start after the first call (compilation)
+                t0 = time.perf_counter()
+                meter = _meter(stepper, plan, state, carry)
+                meter.mark(start + stepper.first_call[1], stepper.first_done_at, 0.0)
+                paused["other"] += time.perf_counter() - t0
+            if stepper.profiling and done >= plan.profile[1]:
+                t0 = _ready(carry)
+                jax.profiler.stop_trace()
+                stepper.profiling = False
+                paused["other"] += time.perf_counter() - t0
+            row_now, eval_now, save_now = plan.at(done)
+            if row_now or save_now:
+                perf = meter.mark(done, _ready(carry), sum(paused.values()))
+                check(carry)
+            extra = {}
+            if eval_now and metrics_fn is not None:
+                t0 = time.perf_counter()
+                extra = dict(metrics_fn(state, done))
+                if best.metric is not None:
+                    best.consider(done, extra, state)
+                paused["eval"] += time.perf_counter() - t0
+            t0 = time.perf_counter()
+            if row_now:
+                if compile_row:
+                    perf["perf/compile_s"], compile_row = stepper.first_call[0], False
+                row = {**jax.device_get(metrics), **jax.device_get(extra), **perf}
+                log.write(done, row, fsync=False)  # flushed: safe from a killed process
+                if writers is not None:
+                    writers.write(done, row)
+                bar.log(done, float(row["loss"]), meter.describe(perf))
+            if save_now:
+                log.sync()  # the rows up to a checkpoint are on disk before it
+                ckpt.save(done, state)
+                last_saved = done
+                paused["checkpoint"] += time.perf_counter() - t0
+            if plan.profile is not None and done == plan.profile[0]:
+                _start_profile(plan, carry, stepper, paused)
+    finally:
+        if stepper.profiling:
+            jax.profiler.stop_trace()
+            stepper.profiling = False
+
+    # the last step is a checkpoint step: every update is done
     compile_s, first_steps = stepper.first_call
     after_first = time.perf_counter() - stepper.first_done_at
     timing = TrainTiming(compile_s=compile_s, first_steps=first_steps,
-                         steps=num_steps - start - first_steps,
-                         steps_s=max(after_first - eval_s - checkpoint_s, 0.0),
-                         eval_s=eval_s, checkpoint_s=checkpoint_s,
-                         steps_per_call=stepper.length)
+                         steps=plan.num_steps - start - first_steps,
+                         steps_s=max(after_first - sum(paused.values()), 0.0),
+                         eval_s=paused["eval"], checkpoint_s=paused["checkpoint"],
+                         steps_per_call=stepper.length,
+                         examples_per_step=plan.examples_per_step,
+                         flops_per_step=meter.flops_per_step if meter else None,
+                         peak_flops=meter.peak if meter else None)
     return state, timing
+
+
+def _meter(stepper: _Stepper, plan: _Plan, state: PyTree, carry: jax.Array) -> Meter:
+    """The throughput meter: one update's FLOPs and the peak of the devices it runs on."""
+    flops = stepper.flops(state, carry)
+    devices = stepper.carry_sharding.device_set
+    kind = next(iter(devices)).device_kind
+    dtypes = [x.dtype for x in jax.tree.leaves(state) if hasattr(x, "dtype")]
+    peak = peak_flops(kind, dtypes)
+    return Meter(plan.examples_per_step, flops, None if peak is None else peak * len(devices))
+
+
+def _start_profile(plan: _Plan, carry: jax.Array, stepper: _Stepper, paused: dict) -> None:
+    """Start a :mod:`jax.profiler` trace into ``plan.profile_dir`` once the updates before
+    it are done (the run stops it when the state reaches ``plan.profile[1]``)."""
+    t0 = _ready(carry)
+    plan.profile_dir.mkdir(parents=True, exist_ok=True)
+    jax.profiler.start_trace(str(plan.profile_dir), create_perfetto_trace=True)
+    stepper.profiling = True
+    paused["other"] += time.perf_counter() - t0
 
 
 def _ready(carry: jax.Array) -> float:

@@ -21,7 +21,7 @@ import math
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -155,6 +155,41 @@ def summary_table(summary: Mapping[str, Any], *, markdown: bool = False) -> str:
     return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
 
 
+_MAX_RECORDS = 100  # entries of a list of records shown in report.md
+
+
+def _is_records(value: Any) -> bool:
+    """A non-empty list of mappings (e.g. a sweep's diverged members): a list in the report."""
+    return (isinstance(value, list | tuple) and len(value) > 0
+            and all(isinstance(v, Mapping) for v in value))
+
+
+def _records(records: Sequence[Mapping[str, Any]]) -> str:
+    """One Markdown bullet per record: ``- key = value, key = value``."""
+    lines = ["- " + ", ".join(f"{k} = {format_value(v)}" for k, v in r.items())
+             for r in records[:_MAX_RECORDS]]
+    if len(records) > _MAX_RECORDS:
+        lines.append(f"- ... and {len(records) - _MAX_RECORDS} more (see summary.json)")
+    return "\n".join(lines)
+
+
+def _profile_section(workdir: Path) -> str:
+    """How to open the ``jax.profiler`` traces in ``workdir/profile``, if there are any."""
+    traces = sorted((workdir / "profile").glob("plugins/profile/*/*.xplane.pb"))
+    if not traces:
+        return ""
+    perfetto = sorted((workdir / "profile").glob("plugins/profile/*/perfetto_trace.json.gz"))
+    lines = ["## Profile", "",
+             f"A `jax.profiler` trace of the updates `profile_steps` names, in "
+             f"[profile/](profile/) ({len(traces)} host trace(s)). Open it with TensorBoard's "
+             f"profile plugin (`pip install tensorboard tensorboard-plugin-profile`):", "",
+             f"```sh\ntensorboard --logdir {workdir / 'profile'}\n```"]
+    if perfetto:
+        rel = perfetto[-1].relative_to(workdir)
+        lines += ["", f"or load [{rel}]({rel}) in https://ui.perfetto.dev (no install)."]
+    return "\n".join(lines)
+
+
 def _split_doc(doc: str) -> tuple[str, list[str], str]:
     """(first line, command lines, the rest) of a config docstring."""
     lines = doc.strip().splitlines()
@@ -175,7 +210,8 @@ def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any], title: 
 
     It holds the title, the config docstring's first line, its commands (lines that start with
     ``jaxmath``, ``python -m jaxmath`` or ``make``) in a shell block and the rest of it (the
-    expected result), the command that made this run, the summary as a table, every
+    expected result), the command that made this run, the summary as a table (a value that
+    is a list of mappings, such as a sweep's diverged members, as a list of its own), every
     ``plots/*.png`` embedded with a relative link (sorted by name), and links to
     ``metrics.jsonl`` (with its row count), ``summary.json`` and ``config.json`` where present.
 
@@ -216,11 +252,17 @@ def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any], title: 
         parts.append(rest)
     if command:
         parts.append(f"This run:\n\n```sh\n{command}\n```")
-    parts.append("## Summary\n\n" + summary_table(summary, markdown=True))
+    lists = {k: v for k, v in summary.items() if _is_records(v)}
+    parts.append("## Summary\n\n" + summary_table(
+        {k: v for k, v in summary.items() if k not in lists}, markdown=True))
+    parts.extend(f"## {key}\n\n{_records(value)}" for key, value in lists.items())
     plots = sorted((workdir / PLOTS_DIR).glob("*.png"))
     if plots:
         parts.append("## Plots\n\n" + "\n\n".join(
             f"### {p.stem}\n\n![{p.stem}]({PLOTS_DIR}/{p.name})" for p in plots))
+    profile = _profile_section(workdir)
+    if profile:
+        parts.append(profile)
     files = []
     metrics = workdir / "metrics.jsonl"
     if metrics.exists():
