@@ -19,6 +19,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmath._checks import is_tracer
 from jaxmath.run import sweep
 from jaxmath.run.sweep import (
     from_config,
@@ -29,6 +30,7 @@ from jaxmath.run.sweep import (
     write_table,
     zip_axes,
 )
+from jaxmath.run.sweep_progress import PROGRESS_DIR
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL, F64_ATOL, F64_RTOL
 
 X = np.linspace(-1.0, 1.0, 24, dtype=np.float32).reshape(8, 3)
@@ -227,6 +229,67 @@ def test_float64_in_float64_out(x64):
     np.testing.assert_allclose(got, np.array([1.0, 4.0, 9.0]) / 3, rtol=F64_RTOL, atol=F64_ATOL)
 
 
+# ------------------------------------------------------------------ resuming
+
+
+def test_finished_chunks_are_saved_and_skipped_on_resume(tmp_path, monkeypatch, whole):
+    calls = []
+    chunk = sweep._sweep_chunk
+
+    def counted(fn, names, static_items, sharding, size, traced):
+        if not is_tracer(traced["seed"]):  # a call, not jax.eval_shape
+            calls.append(size)
+        return chunk(fn, names, static_items, sharding, size, traced)
+
+    first = run_sweep(quad, HP, chunk_size=5, workdir=tmp_path)  # 3 calls of 4
+    progress = tmp_path / PROGRESS_DIR
+    assert sorted(p.name for p in progress.iterdir()) == [
+        "group0_chunk0.npz", "group0_chunk1.npz", "group0_chunk2.npz", "manifest.json"]
+    (progress / "group0_chunk1.npz").unlink()  # as if killed while chunk 1 was running
+    monkeypatch.setattr(sweep, "_sweep_chunk", counted)
+    resumed = run_sweep(quad, HP, chunk_size=5, workdir=tmp_path)
+    assert len(calls) == 1  # chunk 1 alone computed again
+    uninterrupted = run_sweep(quad, HP, chunk_size=5)
+    for name in whole:
+        assert np.array_equal(first[name], uninterrupted[name], equal_nan=True)
+        assert np.array_equal(resumed[name], uninterrupted[name], equal_nan=True)
+        assert resumed[name].dtype == uninterrupted[name].dtype
+
+
+def test_static_groups_resume(tmp_path):
+    def scaled(hp):
+        return {"y": jnp.arange(3.0) * hp["scale"] + hp["width"]}
+
+    hp = grid(width=[4, 2], scale=[1.0, -1.0, 0.5])
+    first = run_sweep(scaled, hp, static="width", chunk_size=2, workdir=tmp_path)
+    names = sorted(p.name for p in (tmp_path / PROGRESS_DIR).iterdir())
+    assert names == ["group0_chunk0.npz", "group0_chunk1.npz", "group1_chunk0.npz",
+                     "group1_chunk1.npz", "manifest.json"]
+    again = run_sweep(scaled, hp, static="width", chunk_size=2, workdir=tmp_path)
+    np.testing.assert_array_equal(again["y"], first["y"])
+    with pytest.raises(ValueError, match=r"different sweep \(static: 1 entries -> 0\)"):
+        run_sweep(scaled, {**hp, "width": hp["width"].astype(float)}, workdir=tmp_path)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    ({"hparams": {**HP, "learning_rate": HP["learning_rate"] * 2}},
+     r"different sweep \(hparams\.learning_rate\.0: 0\.05 -> 0\.1\)"),
+    ({"hparams": {"learning_rate": HP["learning_rate"]}}, r"hparams\.seed: present -> \(absent\)"),
+    ({"chunk_size": 3}, r"plan\.0\.num_chunks: 3 -> 4"),
+])
+def test_a_changed_sweep_is_refused(tmp_path, change, match):
+    run_sweep(quad, HP, chunk_size=5, workdir=tmp_path)
+    args = {"hparams": HP, "chunk_size": 5, **change}
+    with pytest.raises(ValueError, match=match + ".*use another workdir, or delete"):
+        run_sweep(quad, args.pop("hparams"), workdir=tmp_path, **args)
+
+
+def test_results_of_another_function_are_refused(tmp_path):
+    run_sweep(quad, HP, chunk_size=5, workdir=tmp_path)
+    with pytest.raises(ValueError, match=r"holds the leaves \['loss', 'w'\].*\['loss'\]"):
+        run_sweep(lambda hp: {"loss": quad(hp)["loss"]}, HP, chunk_size=5, workdir=tmp_path)
+
+
 # ----------------------------------------------------------------------- files
 
 
@@ -295,6 +358,7 @@ BAD = [
     (lambda: run_sweep(quad, HP, static="width"), ValueError, "static name 'width'"),
     (lambda: run_sweep(quad, {"act": ["relu"]}), TypeError, "'act' holds strings"),
     (lambda: run_sweep(quad, HP, mesh="cpu"), TypeError, "mesh must be a jax.sharding.Mesh"),
+    (lambda: run_sweep(quad, HP, workdir=1), TypeError, "workdir must be a path or None"),
     (lambda: run_sweep(quad, HP, mesh=Mesh(np.asarray(jax.devices()[:1]), ("batch",))),
      ValueError, "axis named 'sweep'"),
     # raised while run_sweep's jitted program traces fn

@@ -12,12 +12,20 @@ runs on disk, one concept per module:
 :mod:`~.config`        ``configs/<name>.py`` files, variants and ``--config.a.b=value``
                        overrides
 :mod:`~.loop`          :func:`~.loop.train_loop`: a resumable training loop (progress,
-                       metrics, checkpoints)
+                       metrics, held-out evaluation, latest and best checkpoints, profiles)
 :mod:`~.checkpoint`    :class:`~.checkpoint.Checkpointer` (orbax)
+:mod:`~.throughput`    steps/s, examples/s, FLOP/s and MFU of a run (the loop's rows and
+                       progress line)
 :mod:`~.files`         atomic file writes and ``metrics.jsonl`` (:class:`~.files.MetricsLog`)
 :mod:`~.report`        ``summary.json``, plots and ``report.md``
+:mod:`~.writers`       the rows also to TensorBoard (``workdir/tensorboard``) and W&B, on a
+                       background thread (:func:`~.writers.from_config`)
+:mod:`~.tensorboard`   TensorBoard event files, written without TensorFlow
 :mod:`~.sweep`         hyperparameter sweeps as one compiled, vmapped, sharded program
                        (``jm.sweep``)
+:mod:`~.sweep_train`   :func:`~.sweep_train.train_sweep`: sweeps of training runs that
+                       resume mid-chunk after a kill and mark diverged members (their
+                       progress files: :mod:`jaxmath.run.sweep_progress`)
 :mod:`~.datasets`      toy 2-D datasets as keyed, jit-able samplers (``jm.datasets``)
 :mod:`~.tour`          the blog post's examples evaluated with jaxmath beside NumPy
                        (``make tour``)

@@ -15,6 +15,15 @@ traced values, so a sweep compiles once whatever their values; hyperparameters
 that change shapes (widths, step counts) are ``static`` and run one compiled
 program per distinct value (:func:`group_by`).
 
+Resuming: with ``workdir=``, ``run_sweep`` saves each finished chunk's results
+atomically (:mod:`jaxmath.run.sweep_progress`) and, run again after a kill, loads
+them instead of computing them, returning the same results; a different table or
+chunk plan is refused with a ``ValueError``. A sweep whose configurations train for
+many steps uses :func:`jaxmath.run.sweep_train.train_sweep` (``init``, ``step`` and
+``finish`` functions): it also saves the running chunk's state every
+``checkpoint_every`` steps, resumes mid-chunk bit-identically, and marks the members
+whose loss becomes non-finite (diverged) without stopping or changing the others.
+
 For plain gradient descent over learning rates,
 :func:`jaxmath.optim.gradient_descent_sweep` is a specialised layout of the same
 idea (sweep axis inside the step loop) and is faster on CPU; ``run_sweep`` takes
@@ -337,31 +346,89 @@ def _to_host(tree: PyTree) -> PyTree:
     return jax.tree.map(get, tree)
 
 
-def _run_group(fn, columns, names, static_values, rows, chunk_size, mesh) -> PyTree:
-    """Results of one static group ``rows``: one compiled program, called chunk by chunk."""
+def _chunk_arrays(padded: Mapping[str, np.ndarray], c: int, chunk: int,
+                  sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Rows ``c * chunk .. (c + 1) * chunk - 1`` of the padded columns, sharded over the sweep."""
+    part = {n: v[c * chunk:(c + 1) * chunk] for n, v in padded.items()}
+    return {n: jax.make_array_from_callback(v.shape, sharding, v.__getitem__)
+            for n, v in part.items()}
+
+
+def _padded_columns(columns, static_values, rows, num_chunks, chunk) -> dict[str, np.ndarray]:
+    """The traced columns of one static group, padded with copies of the last
+    configuration (a valid one) to ``num_chunks * chunk`` rows, so every call has one shape."""
+    traced = {n: v[rows].astype(jax.dtypes.canonicalize_dtype(v.dtype))
+              for n, v in columns.items() if n not in static_values}
+    return {n: np.concatenate([v, np.repeat(v[-1:], num_chunks * chunk - len(rows))])
+            for n, v in traced.items()}
+
+
+def _leaf_names(tree: PyTree) -> list[str]:
+    return [_leaf_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(tree)[0]]
+
+
+def _run_group(fn, columns, names, static_values, rows, chunk_size, mesh,
+               progress=None, group: int = 0) -> PyTree:
+    """Results of one static group ``rows``: one compiled program, called chunk by chunk;
+    with ``progress``, finished chunks are loaded instead of computed, and each computed
+    one is saved."""
     sharding = NamedSharding(mesh, PartitionSpec(SWEEP_AXIS))
-    traced_cols = {n: v[rows].astype(jax.dtypes.canonicalize_dtype(v.dtype))
-                   for n, v in columns.items() if n not in static_values}
     size = len(rows)
     num_chunks, chunk = _plan(size, chunk_size, mesh.shape[SWEEP_AXIS])
-    # pad with the last configuration (a valid one) so that every call has one shape
-    padded = {n: np.concatenate([v, np.repeat(v[-1:], num_chunks * chunk - size)])
-              for n, v in traced_cols.items()}
+    padded = _padded_columns(columns, static_values, rows, num_chunks, chunk)
     static_items = tuple(static_values.items())
 
     def call(c):
-        part = {n: v[c * chunk:(c + 1) * chunk] for n, v in padded.items()}
-        arrays = {n: jax.make_array_from_callback(v.shape, sharding, v.__getitem__)
-                  for n, v in part.items()}
-        return _sweep_chunk(fn, names, static_items, sharding, chunk, arrays)
+        return _sweep_chunk(fn, names, static_items, sharding, chunk,
+                            _chunk_arrays(padded, c, chunk, sharding))
 
-    host, pending = [], call(0)
-    for c in range(1, num_chunks):  # dispatch the next chunk before fetching this one
+    host: list[PyTree] = [None] * num_chunks
+    if progress is not None:  # the results' structure, to name and rebuild the saved leaves
+        shape = jax.eval_shape(
+            functools.partial(_sweep_chunk, fn, names, static_items, sharding, chunk),
+            _chunk_arrays(padded, 0, chunk, sharding))
+        leaf_names = _leaf_names(shape)
+        for c in range(num_chunks):
+            leaves = progress.finished(group, c, leaf_names)
+            if leaves is not None:
+                host[c] = jax.tree.unflatten(jax.tree.structure(shape), leaves)
+    todo = [c for c in range(num_chunks) if host[c] is None]
+
+    def fetch(c, pending):
+        host[c] = _to_host(pending)
+        if progress is not None:
+            progress.save_finished(group, c, jax.tree.leaves(host[c]), leaf_names)
+
+    pending = None
+    for i, c in enumerate(todo):  # dispatch the next chunk before fetching this one
         following = call(c)
-        host.append(_to_host(pending))
+        if pending is not None:
+            fetch(todo[i - 1], pending)
         pending = following
-    host.append(_to_host(pending))
+    if pending is not None:
+        fetch(todo[-1], pending)
     return jax.tree.map(lambda *xs: np.concatenate(xs)[:size], *host)
+
+
+def _progress(workdir, kind: str, columns, names, groups, plans, **settings):
+    """The :class:`~jaxmath.run.sweep_progress.SweepProgress` of a sweep in ``workdir``
+    (None without one): its manifest holds the table, static names, chunk plan and
+    ``settings``."""
+    if workdir is None:
+        return None
+    if not isinstance(workdir, str | os.PathLike):
+        raise TypeError(f"workdir must be a path or None, got {type(workdir).__name__}")
+    from jaxmath.run.sweep_progress import SweepProgress
+    manifest = {
+        "kind": kind,
+        "hparams": {n: v.tolist() for n, v in columns.items()},
+        "static": list(names),
+        "plan": [{"static_values": values, "num_rows": len(rows), "num_chunks": num_chunks,
+                  "chunk_size": chunk}
+                 for (values, rows), (num_chunks, chunk) in zip(groups, plans, strict=True)],
+        **settings,
+    }
+    return SweepProgress(workdir, manifest)
 
 
 def _merge_groups(results: list[tuple[dict, np.ndarray, PyTree]], size: int) -> PyTree:
@@ -387,7 +454,8 @@ def _merge_groups(results: list[tuple[dict, np.ndarray, PyTree]], size: int) -> 
 
 def run_sweep(fn: Callable[[dict[str, Any]], PyTree], hparams: Mapping[str, ArrayLike], *,
               chunk_size: int | None = None, mesh: Mesh | None = None,
-              static: str | Sequence[str] = ()) -> PyTree:
+              static: str | Sequence[str] = (),
+              workdir: str | os.PathLike | None = None) -> PyTree:
     r"""Run ``fn`` on every configuration of a sweep as one compiled, vmapped, sharded program.
 
     .. math:: r_s = f(h_s), \quad s = 1, \dots, N
@@ -437,6 +505,16 @@ def run_sweep(fn: Callable[[dict[str, Any]], PyTree], hparams: Mapping[str, Arra
         :func:`jaxmath.run.mesh.batch_sharding`, which splits each configuration's
         batch over ``"data"``); default: all devices along ``"sweep"``.
       static: the name(s) of hyperparameters that change shapes.
+      workdir: a run directory to keep the sweep's progress in (``None``: nothing is
+        saved). Each finished chunk's results are saved atomically to
+        ``workdir/checkpoints_sweep/`` (:mod:`jaxmath.run.sweep_progress`); a sweep
+        run again with the same ``workdir`` (after a kill, say) loads them instead of
+        computing them again, and returns the same results. The directory's manifest
+        records the table, ``static`` and the chunk plan (``chunk_size`` and the
+        number of devices): a different one is a ``ValueError``. ``fn`` itself cannot
+        be compared: change it, change the workdir. A sweep whose configurations
+        train for many steps saves its running chunk too with
+        :func:`jaxmath.run.sweep_train.train_sweep`.
 
     Returns:
       ``results`` as NumPy arrays, each leaf with a leading axis of size ``N`` in
@@ -476,9 +554,13 @@ def run_sweep(fn: Callable[[dict[str, Any]], PyTree], hparams: Mapping[str, Arra
                             "name it in static=(...) to loop over its values in Python")
     chunk_size = _check_chunk_size(chunk_size)
     mesh = _check_mesh(mesh)
+    groups = group_by(columns, names)
+    progress = _progress(workdir, "run_sweep", columns, names, groups,
+                         [_plan(len(rows), chunk_size, mesh.shape[SWEEP_AXIS])
+                          for _, rows in groups])
     results = [(values, rows, _run_group(fn, columns, tuple(columns), values, rows,
-                                         chunk_size, mesh))
-               for values, rows in group_by(columns, names)]
+                                         chunk_size, mesh, progress, g))
+               for g, (values, rows) in enumerate(groups)]
     if len(results) == 1:
         return results[0][2]
     return _merge_groups(results, size)
