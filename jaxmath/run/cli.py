@@ -145,7 +145,11 @@ def _check_workdir(workdir: Path, config, overwrite: bool, writer: bool) -> None
                 probe[key] = value
             except (TypeError, ValueError):
                 pass  # a type change shows up in the diff below
-    changes = _diff(stored, config_to_dict(probe))
+    probe_dict = config_to_dict(probe)
+    for key in RESUMABLE_KEYS:  # e.g. --profile_steps added to a config without the field
+        if key in probe_dict and key not in stored:
+            del probe_dict[key]
+    changes = _diff(stored, probe_dict)
     if changes:
         shown = "; ".join(changes[:3])
         if len(changes) > 3:
