@@ -224,6 +224,18 @@ def _check_static(static: object, columns: Mapping[str, np.ndarray]) -> tuple[st
     return names
 
 
+def _check_table(hparams: Any, static: object) -> tuple[dict[str, np.ndarray], int,
+                                                    tuple[str, ...]]:
+    """``(columns, size, static names)`` of a sweep table whose string columns are static."""
+    columns, size = _check_hparams(hparams)
+    names = _check_static(static, columns)
+    for name, v in columns.items():
+        if name not in names and v.dtype.kind == "U":
+            raise TypeError(f"hyperparameter {name!r} holds strings, which cannot be traced; "
+                            "name it in static=(...) to loop over its values in Python")
+    return columns, size, names
+
+
 def group_by(hparams: Mapping[str, ArrayLike],
              static: str | Sequence[str]) -> list[tuple[dict[str, Any], np.ndarray]]:
     r"""Split a sweep table into groups with equal values of the ``static`` hyperparameters.
@@ -546,12 +558,7 @@ def run_sweep(fn: Callable[[dict[str, Any]], PyTree], hparams: Mapping[str, Arra
     """
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
-    columns, size = _check_hparams(hparams)
-    names = _check_static(static, columns)
-    for name, v in columns.items():
-        if name not in names and v.dtype.kind == "U":
-            raise TypeError(f"hyperparameter {name!r} holds strings, which cannot be traced; "
-                            "name it in static=(...) to loop over its values in Python")
+    columns, size, names = _check_table(hparams, static)
     chunk_size = _check_chunk_size(chunk_size)
     mesh = _check_mesh(mesh)
     groups = group_by(columns, names)

@@ -51,7 +51,7 @@ from jaxmath.run.sweep import (
     _check_hparams,
     _check_mesh,
     _check_result,
-    _check_static,
+    _check_table,
     _chunk_arrays,
     _leaf_names,
     _merge_groups,
@@ -405,12 +405,7 @@ def train_sweep(init_fn: Callable[[dict[str, Any]], PyTree],
     for fn, what in ((init_fn, "init_fn"), (step_fn, "step_fn"), (finish_fn, "finish_fn")):
         if not callable(fn):
             raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
-    columns, size = _check_hparams(hparams)
-    names = _check_static(static, columns)
-    for name, v in columns.items():
-        if name not in names and v.dtype.kind == "U":
-            raise TypeError(f"hyperparameter {name!r} holds strings, which cannot be traced; "
-                            "name it in static=(...) to loop over its values in Python")
+    columns, size, names = _check_table(hparams, static)
     num_steps = _check_int(num_steps, "num_steps", 1)
     log_every = _check_int(log_every, "log_every", 1)
     if log_every > num_steps:
