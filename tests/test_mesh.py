@@ -238,17 +238,19 @@ def test_the_dense_layer_of_an_mlp_trains_the_same_with_host_batches(tmp_path):
 def test_a_sweep_on_a_sweep_by_data_mesh_equals_one_device():
     """mlp_sweep's runs, configurations over "sweep" and each run's batch over "data"."""
     from configs.mlp_sweep import get_config
-    from experiments.mlp_sweep import load_digits, train_from_config
+    from experiments.mlp_sweep import load_digits, sweep_from_config, training_from_config
     from jaxmath.run.mesh import make_sweep_mesh
-    from jaxmath.run.sweep import grid, run_sweep
+    from jaxmath.run.sweep import grid
 
     config = get_config("quick")
     hparams = grid(learning_rate=[1e-3, 1e-2], seed=[0, 1])
     results = []
     for sweep, data in [(1, 1), (2, 2), (1, 4)]:
         mesh = make_sweep_mesh(sweep, data, devices=jax.devices()[:sweep * data])
-        train = train_from_config(config, on_every_device(load_digits(config.data), mesh), mesh)
-        results.append(run_sweep(train, hparams, mesh=mesh))
+        training = training_from_config(config, on_every_device(load_digits(config.data), mesh),
+                                        mesh)
+        out = sweep_from_config(config, hparams, training, None, mesh)
+        results.append({**out.results, "loss_curve": out.curves["loss"]})
     for got in results[1:]:
         for key in ("final_train_loss", "loss_curve", "test_accuracy"):
             np.testing.assert_allclose(got[key], results[0][key], rtol=RTOL, err_msg=key)
