@@ -284,3 +284,166 @@ def test_the_mesh_may_change_on_resume(tmp_path, capsys):
     summary = json.loads((workdir / "summary.json").read_text())
     assert summary["mesh"] == f"data=1 fsdp={jax.device_count()}"
     assert main(["run", ECHO, "--workdir", str(workdir), "--config.value=9"]) == 2
+
+
+# ----------------------------------------------------------------------------- record and rerun
+
+GIT = ("git", "-c", "user.name=jaxmath", "-c", "user.email=jaxmath@example.com",
+       "-c", "commit.gpgsign=false")
+
+
+def _git(repo, *args):
+    return subprocess.run([*GIT, "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()
+
+
+@pytest.fixture
+def echo_repo(tmp_path):
+    """A git repository with the echo fixture's configs/ and experiments/, committed."""
+    import shutil
+
+    repo = tmp_path / "repo"
+    shutil.copytree(FIXTURES / "configs", repo / "configs")
+    shutil.copytree(FIXTURES / "experiments", repo / "experiments",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    _git(repo, "init", "-q")
+    _git(repo, "add", ".")
+    _git(repo, "commit", "-q", "-m", "echo")
+    return repo
+
+
+def _stored(workdir):
+    stored = json.loads((workdir / "config.json").read_text())
+    return stored, stored.pop("_record", None)
+
+
+def _without_wall_time(workdir):
+    summary = json.loads((workdir / "summary.json").read_text())
+    summary.pop("wall_time_s")
+    return summary
+
+
+def test_config_json_holds_the_record(echo_repo, tmp_path):
+    workdir = tmp_path / "run"
+    spec = f"{echo_repo / 'configs' / 'echo.py'}:quick"
+    assert main(["run", spec, "--workdir", str(workdir), "--config.seed=4"]) == 0
+    resolved, record = _stored(workdir)
+    assert resolved["seed"] == 4 and resolved["value"] == 1.5  # the config at the top level
+    assert record["git"] == {"root": _git(echo_repo, "rev-parse", "--show-toplevel"),
+                             "commit": _git(echo_repo, "rev-parse", "HEAD"), "dirty": False}
+    assert record["spec"] == {"config_file": str(echo_repo / "configs" / "echo.py"),
+                              "variant": "quick", "overrides": ["--config.seed=4"],
+                              "rerun_of": None}
+    assert record["seeds"] == {"seed": 4}
+    assert record["command"] == f"jaxmath run {spec} --workdir {workdir} --config.seed=4"
+    assert record["devices"] == {jax.devices()[0].device_kind: jax.device_count()}
+    assert record["versions"]["jax"] == jax.__version__
+    report = (workdir / "report.md").read_text()
+    assert "## Reproducibility" in report and record["git"]["commit"] in report
+    assert f"jaxmath run --rerun {workdir}" in report and "seeds: seed = 4" in report
+
+
+def test_a_resume_keeps_the_first_record(tmp_path):
+    workdir = tmp_path / "run"
+    assert main(["run", ECHO, "--workdir", str(workdir)]) == 0
+    first = _stored(workdir)[1]
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.num_steps=8"]) == 0
+    resolved, record = _stored(workdir)
+    assert resolved["num_steps"] == 8
+    assert {k: v for k, v in record.items() if k != "resumes"} == first
+    assert [r["command"] for r in record["resumes"]] == [
+        f"jaxmath run {ECHO} --workdir {workdir} --config.num_steps=8"]
+    assert "Resumed 1 time(s)" in (workdir / "report.md").read_text()
+
+
+def test_an_old_style_workdir_resumes(tmp_path):
+    """A config.json written before records (the resolved config alone) still resumes."""
+    workdir = tmp_path / "run"
+    assert main(["run", ECHO, "--workdir", str(workdir)]) == 0
+    resolved, _ = _stored(workdir)
+    (workdir / "config.json").write_text(json.dumps(resolved))
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.num_steps=8"]) == 0
+    assert _stored(workdir)[1]["command"].endswith("--config.num_steps=8")
+    (workdir / "config.json").write_text(json.dumps(resolved))
+    assert main(["run", ECHO, "--workdir", str(workdir), "--config.value=9"]) == 2
+
+
+def test_rerun_reproduces_the_recorded_run(echo_repo, tmp_path, capsys):
+    workdir = tmp_path / "run"
+    config_file = echo_repo / "configs" / "echo.py"
+    assert main(["run", f"{config_file}:quick", "--workdir", str(workdir),
+                 "--config.value=2"]) == 0
+    # the config file's defaults change after the run (a linked field among them), and it
+    # gains a key
+    text = config_file.read_text()
+    config_file.write_text(text.replace("config.value = 1.5", "config.value = 5.0")
+                           .replace('"num_steps": 2,', '"num_steps": 6,')
+                           .replace("    config.note = None\n",
+                                    "    config.note = None\n    config.extra = 3\n"))
+    _git(echo_repo, "commit", "-q", "-am", "new defaults")
+    capsys.readouterr()
+    assert main(["run", "--rerun", str(workdir)]) == 0
+    rerun = tmp_path / "run-rerun"
+    err = capsys.readouterr().err
+    assert re.search(r"jaxmath: warning: the run was made at commit [0-9a-f]{40}, the code is "
+                     r"now at [0-9a-f]{40}", err), err
+    assert "jaxmath: warning: config key 'extra' is new since the recorded run" in err
+    assert _stored(rerun)[0] == {**_stored(workdir)[0], "extra": 3}
+    assert (rerun / "metrics.jsonl").read_bytes() == (workdir / "metrics.jsonl").read_bytes()
+    assert _without_wall_time(rerun) == _without_wall_time(workdir)
+    record = _stored(rerun)[1]
+    assert record["spec"]["rerun_of"] == str(workdir)
+    assert record["command"] == f"jaxmath run --rerun {workdir} --workdir {rerun}"
+    # overrides apply on top of the recorded values and are recorded; a rerun reruns too
+    other = tmp_path / "other"
+    assert main(["run", "--rerun", str(workdir), "--workdir", str(other),
+                 "--config.log_every=1"]) == 0
+    resolved, record = _stored(other)
+    assert (resolved["value"], resolved["num_steps"], resolved["log_every"]) == (2.0, 2, 1)
+    assert record["spec"]["overrides"] == ["--config.log_every=1"]
+    assert main(["run", "--rerun", str(other), "--workdir", str(tmp_path / "third")]) == 0
+    assert _stored(tmp_path / "third")[0] == resolved
+    # --rerun into the recorded workdir itself resumes it (if the config is still the same:
+    # the key gained since is a change the resume policy refuses)
+    assert main(["run", "--rerun", str(other), "--workdir", str(other)]) == 0
+    assert len(_stored(other)[1]["resumes"]) == 1
+    capsys.readouterr()
+    assert main(["run", "--rerun", str(workdir), "--workdir", str(workdir)]) == 2
+    assert "holds a run with a different config (extra: (absent) -> 3)" in capsys.readouterr().err
+
+
+def test_rerun_bad_inputs(echo_repo, tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "config.json").write_text('{"experiment": "echo"}')
+    gone = tmp_path / "gone"
+    moved = tmp_path / "moved"
+    config_file = echo_repo / "configs" / "echo.py"
+    assert main(["run", str(config_file), "--workdir", str(gone)]) == 0
+    assert main(["run", str(config_file), "--workdir", str(moved)]) == 0
+    capsys.readouterr()
+    cases = [
+        (["--rerun", str(empty)], r"empty holds no config\.json: not a jaxmath run directory"),
+        (["--rerun", str(old)], r"old/config\.json holds no reproducibility record"),
+        ([ECHO, "--rerun", str(moved)], r"--rerun .*moved takes no CONFIG"),
+    ]
+    for args, pattern in cases:
+        assert main(["run", *args]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and err.startswith("jaxmath: error: "), err
+        assert re.search(pattern, err), err
+    stored = json.loads((moved / "config.json").read_text())  # e.g. added by --profile_steps
+    (moved / "config.json").write_text(json.dumps({**stored, "profile_steps": "0:1"}))
+    assert main(["run", "--rerun", str(moved), "--workdir", str(tmp_path / "m2")]) == 0
+    config_file.write_text(config_file.read_text().replace("    config.note = None\n", ""))
+    assert main(["run", "--rerun", str(moved)]) == 2
+    assert re.search(r"the config file no longer has the key 'note' of the recorded run",
+                     capsys.readouterr().err)
+    config_file.unlink()
+    assert main(["run", "--rerun", str(gone)]) == 2
+    err = capsys.readouterr().err
+    assert re.search(r"the config file of the run in .*gone, .*echo\.py \(at commit [0-9a-f]{40}"
+                     r"\), is gone", err), err
+    assert not (tmp_path / "gone-rerun").exists()

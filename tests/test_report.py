@@ -164,3 +164,21 @@ def test_report_without_plots_or_metrics(tmp_path):
     text = write_report(tmp_path, {"x": 1}, "bare").read_text()
     assert "## Plots" not in text and "```sh" not in text
     assert "metrics.jsonl: none written by this run" in text
+
+
+def test_report_reproducibility_section(tmp_path):
+    record = {"started": "2026-12-05T02:00:00+00:00", "command": "jaxmath run c.py --workdir w",
+              "git": {"root": "/r", "commit": "ab" * 20, "dirty": True},
+              "versions": {"python": "3.12.0", "jax": "0.10.2", "orbax-checkpoint": None},
+              "backend": "gpu", "devices": {"NVIDIA H200": 8}, "process_count": 2,
+              "seeds": {"seed": 0, "data.split_seed": 3},
+              "rerun_command": "jaxmath run --rerun w"}
+    text = write_report(tmp_path, {"x": 1}, "t", record=record).read_text()
+    section = text.split("## Reproducibility\n")[1].split("## Files")[0]
+    assert f"- code: `{'ab' * 20}` (dirty: uncommitted changes) in `/r`" in section
+    assert "- versions: python 3.12.0, jax 0.10.2\n" in section  # an absent package is left out
+    assert "- backend: gpu; devices: 8 x NVIDIA H200; processes: 2" in section
+    assert "- seeds: seed = 0, data.split_seed = 3" in section
+    assert "```sh\njaxmath run c.py --workdir w\n```" in section
+    assert "```sh\njaxmath run --rerun w\n```" in section
+    assert "## Reproducibility" not in write_report(tmp_path, {"x": 1}, "t").read_text()

@@ -18,6 +18,10 @@ runs on disk, one concept per module:
                        progress line)
 :mod:`~.files`         atomic file writes and ``metrics.jsonl`` (:class:`~.files.MetricsLog`)
 :mod:`~.report`        ``summary.json``, plots and ``report.md``
+:mod:`~.record`        the reproducibility record in ``config.json`` (commit, versions,
+                       devices, seeds, command) behind ``jaxmath run --rerun``
+:mod:`~.compare`       ``jaxmath compare``: runs and sweep members overlaid in one plot and
+                       tabulated
 :mod:`~.writers`       the rows also to TensorBoard (``workdir/tensorboard``) and W&B, on a
                        background thread (:func:`~.writers.from_config`)
 :mod:`~.tensorboard`   TensorBoard event files, written without TensorFlow

@@ -3,6 +3,7 @@
 Layout of a workdir (the other files come from :mod:`jaxmath.run.files` and the checkpointer)::
 
     workdir/config.json      the resolved config, written before the run starts
+                             (and its reproducibility record, key "_record")
     workdir/metrics.jsonl    one JSON object per logged step
     workdir/summary.json     final metrics and run facts (wall time, versions, devices)
     workdir/plots/<name>.png figures from save_figure
@@ -205,7 +206,8 @@ def _split_doc(doc: str) -> tuple[str, list[str], str]:
 
 
 def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any], title: str, *,
-                 doc: str = "", command: str | None = None) -> Path:
+                 doc: str = "", command: str | None = None,
+                 record: Mapping[str, Any] | None = None) -> Path:
     """Write ``workdir/report.md``: the run at a glance (``jaxmath run`` ends with it).
 
     It holds the title, the config docstring's first line, its commands (lines that start with
@@ -221,6 +223,8 @@ def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any], title: 
       title: the report's heading.
       doc: the config file's docstring.
       command: the command line that produced this run.
+      record: the run's reproducibility record (:mod:`jaxmath.run.record`): a
+        "Reproducibility" section (commit, versions, devices, seeds, command, rerun command).
 
     Returns:
       The path of ``report.md``.
@@ -260,6 +264,10 @@ def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any], title: 
     if plots:
         parts.append("## Plots\n\n" + "\n\n".join(
             f"### {p.stem}\n\n![{p.stem}]({PLOTS_DIR}/{p.name})" for p in plots))
+    if record:
+        from jaxmath.run.record import record_section
+
+        parts.append(record_section(record))
     profile = _profile_section(workdir)
     if profile:
         parts.append(profile)
@@ -271,7 +279,8 @@ def write_report(workdir: str | os.PathLike, summary: Mapping[str, Any], title: 
         files.append(f"- [metrics.jsonl](metrics.jsonl): {rows} logged rows, one JSON object each")
     else:
         files.append("- metrics.jsonl: none written by this run")
-    for name, what in (("summary.json", "the table above"), ("config.json", "resolved config")):
+    for name, what in (("summary.json", "the table above"),
+                       ("config.json", "resolved config and reproducibility record")):
         if name == "summary.json" or (workdir / name).exists():
             files.append(f"- [{name}]({name}): {what}")
     parts.append("## Files\n\n" + "\n".join(files))
