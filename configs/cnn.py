@@ -36,7 +36,15 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.batch_size = 128
     config.augment_shift = 1         # random translation, pixels in each direction
     config.label_smoothing = 0.0
-    config.data = ml_collections.ConfigDict({"split_seed": 0, "test_fraction": 0.25})
+    config.data = ml_collections.ConfigDict({
+        # None: scikit-learn's bundled 8x8 digits; or the user's images: a directory of MNIST
+        # IDX files, of CIFAR-10 python batches, of class folders, or a .npz
+        # (jaxmath.run.local_data; README "Your own images")
+        "path": config_dict.placeholder(str),
+        "format": "auto",            # or "idx", "cifar10", "npz", "image_folder"
+        "split_seed": 0,
+        "test_fraction": 0.25,       # held out (where the files hold no test split)
+    })
     config.model = ml_collections.ConfigDict({"features": (16, 32, 32), "hidden": 128})
     config.optim = ml_collections.ConfigDict({
         "learning_rate": 2e-3,       # peak of the warm-up + cosine schedule

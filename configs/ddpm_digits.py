@@ -28,7 +28,14 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.experiment = "ddpm_digits"
     config.seed = 0
-    config.data = ml_collections.ConfigDict({"test_fraction": 0.25})
+    config.data = ml_collections.ConfigDict({
+        # None: scikit-learn's bundled 8x8 digits; or the user's images: a directory of MNIST
+        # IDX files, of CIFAR-10 python batches, of class folders, or a .npz
+        # (jaxmath.run.local_data; README "Your own images")
+        "path": config_dict.placeholder(str),
+        "format": "auto",            # or "idx", "cifar10", "npz", "image_folder"
+        "test_fraction": 0.25,       # held out (where the files hold no test split)
+    })
     config.model = ml_collections.ConfigDict({
         "channels": 16,
         "channel_mults": (1, 2),        # 8x8 and 4x4
@@ -56,6 +63,9 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     # updates per jitted call (train_loop): None scans the steps between two log steps on a
     # GPU/TPU and makes one call per step on a CPU (faster there); 0 always scans, 1 never
     config.steps_per_call = config_dict.placeholder(int)
+    config.eval_every = 500  # the held-out denoising loss, every this many steps and the last
+    config.best_metric = "heldout_loss"  # checkpoints_best/ keeps the EMA state lowest on it
+    config.best_mode = "min"
     config.profile_steps = config_dict.placeholder(str)  # "A:B": a profile of updates A+1..B
     config.sample = ml_collections.ConfigDict({
         "sampler": "ddim",
@@ -82,6 +92,7 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
         "optim.warmup_steps": 2,
         "log_every": 5,
         "checkpoint_every": 10,
+        "eval_every": 5,
         "sample.num_inference_steps": 5,
         "sample.num_samples": 36,
         "num_reference": 2,

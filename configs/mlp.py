@@ -34,8 +34,13 @@ def get_config(variant: str | None = None) -> ml_collections.ConfigDict:
     config.profile_steps = config_dict.placeholder(str)  # "A:B": a profile of updates A+1..B
     config.batch_size = 128          # per dataset
     config.data = ml_collections.ConfigDict({
+        # the image task: None, scikit-learn's bundled 8x8 digits; or the user's images (a
+        # directory of MNIST IDX files, of CIFAR-10 batches, of class folders, or a .npz)
+        # as flattened pixels (jaxmath.run.local_data; README "Your own images")
+        "path": config_dict.placeholder(str),
+        "format": "auto",            # or "idx", "cifar10", "npz", "image_folder"
         "split_seed": 0,             # the digits train/test split
-        "test_fraction": 0.25,
+        "test_fraction": 0.25,       # held out (where the files hold no test split)
         "two_moons_train": 512,
         "two_moons_test": 2048,
         "two_moons_noise": 0.2,

@@ -2,7 +2,11 @@ r"""A convolutional network on the 8x8 handwritten digits.
 
 Data. scikit-learn's 1,797 8x8 digits (grey levels 0..16 scaled to [0, 1], one channel,
 NHWC), split 75/25 stratified by class (``experiments._data.load_sklearn``, split seed
-``data.split_seed``): 1,347 training and 450 test images.
+``data.split_seed``): 1,347 training and 450 test images. With ``data.path`` set, the
+user's images instead (MNIST IDX files, CIFAR-10 batches, a ``.npz`` or a folder of class
+folders, read by :func:`jaxmath.run.local_data.load_dataset`; their own test split, or
+``data.test_fraction`` held out), scaled to [0, 1]; the network below then sees
+:math:`H{\times}W{\times}C` images (at least 4x4) and their number of classes.
 
 Model. Three 3x3 convolutions (:class:`jaxmath.nn.Conv2D`, 'SAME' padding) with relu,
 2x2 max-pooling after the second and the third, then a relu dense layer and the logits:
@@ -51,10 +55,11 @@ from matplotlib.figure import Figure
 from jaxmath._checks import check_ndim
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.nn import Conv2D
+from jaxmath.run.config import ConfigError
 from jaxmath.run.mesh import on_every_device
 from jaxmath.run.report import save_figure
 
-from ._data import DIGITS_MAX, load_sklearn
+from ._data import ImageDataset, describe, load_images
 from ._train import (
     accuracy,
     classifier_summary,
@@ -64,11 +69,10 @@ from ._train import (
     training_mesh,
 )
 
-SIDE = 8  # the digits are SIDE x SIDE images
-
 
 class CNN(nn.Module):
-    """``[N, 8, 8, 1]`` images to ``[N, num_classes]`` logits (see the module docstring)."""
+    """``[N, H, W, C]`` images (the digits: 8x8x1) to ``[N, num_classes]`` logits (see the
+    module docstring)."""
 
     features: Sequence[int] = (16, 32, 32)
     hidden: int = 128
@@ -117,13 +121,31 @@ def sample_batch(key: jax.Array, step: jax.Array, x: jax.Array, y: jax.Array,
     return random_shift(key_shift, x[idx], max_shift), y[idx]
 
 
-def load_digits(config):
-    """``(x_train, y_train, x_test, y_test)``: images ``[N, 8, 8, 1]`` in [0, 1], int labels."""
-    split = load_sklearn("digits", config.data.test_fraction, config.data.split_seed,
-                         standardize=False)
-    images = lambda x: jnp.asarray(x.reshape(-1, SIDE, SIDE, 1) / DIGITS_MAX)  # noqa: E731
-    return (images(split.x_train), jnp.asarray(split.y_train), images(split.x_test),
-            jnp.asarray(split.y_test))
+MIN_SIDE = 4  # two 2x2 poolings leave at least one pixel
+EVAL_BATCH = 4096  # larger evaluation sets (MNIST, CIFAR-10) go through in chunks of this
+
+
+def predict(model: CNN, params, x: jax.Array) -> jax.Array:
+    """``[N]`` predicted classes: one forward pass, or chunks of :data:`EVAL_BATCH` images
+    (``lax.map``) when ``N`` is larger, so memory stays bounded on the user's big datasets."""
+    n = x.shape[0]
+    if n <= EVAL_BATCH:
+        return jnp.argmax(model.apply(params, x), axis=-1)
+    padded = jnp.pad(x, ((0, -n % EVAL_BATCH),) + ((0, 0),) * (x.ndim - 1))
+    chunks = padded.reshape(-1, EVAL_BATCH, *x.shape[1:])
+    labels = jax.lax.map(lambda c: jnp.argmax(model.apply(params, c), axis=-1), chunks)
+    return labels.reshape(-1)[:n]
+
+
+def load_digits(config) -> ImageDataset:
+    """The digits ``[N, 8, 8, 1]`` (or the images at ``config.data.path``) in [0, 1], int32
+    labels; a ConfigError for images too small for the network's two poolings."""
+    images = load_images(config.data, config.data.split_seed)
+    h, w = images.x_train.shape[1:3]
+    if min(h, w) < MIN_SIDE:
+        raise ConfigError(f"config.data.path={config.data.path!r}: the CNN pools twice by 2, so "
+                          f"images must be at least {MIN_SIDE}x{MIN_SIDE}, got {h}x{w}")
+    return images
 
 
 def _plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.ndarray,
@@ -137,7 +159,10 @@ def _plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.
     for ax in axes:
         ax.axis("off")
     for ax, i in zip(axes, shown, strict=False):
-        ax.imshow(images[i, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
+        if images.shape[-1] == 3:  # colour
+            ax.imshow(images[i])
+        else:
+            ax.imshow(images[i, :, :, 0], cmap="gray_r", vmin=0, vmax=1)
         ax.set_title(f"true {labels[i]}, pred {predictions[i]}", fontsize=8)
     fig.suptitle(f"misclassified test images: {len(wrong)} of {len(labels)}"
                  + (f" (first {max_shown} shown)" if len(wrong) > max_shown else ""))
@@ -145,7 +170,7 @@ def _plot_misclassified(images: np.ndarray, labels: np.ndarray, predictions: np.
 
 
 def _plot_filters(kernel: np.ndarray) -> Figure:
-    """``kernel [3, 3, 1, c1]``: one panel per output channel."""
+    """``kernel [3, 3, C, c1]``: one panel per output channel (its weights on input channel 0)."""
     count = kernel.shape[-1]
     cols = min(count, 8)
     rows = -(-count // cols)
@@ -163,10 +188,12 @@ def _plot_filters(kernel: np.ndarray) -> Figure:
 
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
+    images = load_digits(config)  # a bad data.path fails here, before any work
     mesh = training_mesh(config)
-    x_train, y_train, x_test, y_test = on_every_device(load_digits(config), mesh)
+    x_train, y_train, x_test, y_test = on_every_device(
+        tuple(jnp.asarray(a) for a in images[:4]), mesh)
     key_init, key_batch = jax.random.split(jax.random.key(config.seed))
-    model = CNN(tuple(config.model.features), config.model.hidden, num_classes=10)
+    model = CNN(tuple(config.model.features), config.model.hidden, images.num_classes)
 
     def loss_fn(params, batch):
         x, y = batch
@@ -180,8 +207,8 @@ def run(config, workdir) -> dict:
 
     @jax.jit
     def test_predictions_and_accuracies(params):
-        predictions = jnp.argmax(model.apply(params, x_test), axis=-1)
-        return predictions, {"train_accuracy": accuracy(model.apply(params, x_train), y_train),
+        predictions = predict(model, params, x_test)
+        return predictions, {"train_accuracy": jnp.mean(predict(model, params, x_train) == y_train),
                              "test_accuracy": jnp.mean(predictions == y_test)}
 
     def evaluate(state, step=None) -> dict[str, float]:
@@ -207,4 +234,5 @@ def run(config, workdir) -> dict:
     return classifier_summary(
         "test_accuracy", final["test_accuracy"], config.target_accuracy, "test accuracy",
         result, timing, count_params(params), train_accuracy=final["train_accuracy"],
-        test_errors=int(np.sum(predictions != np.asarray(y_test))), num_test=len(predictions))
+        test_errors=int(np.sum(predictions != np.asarray(y_test))), num_test=len(predictions),
+        **describe(images))

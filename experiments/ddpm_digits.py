@@ -2,7 +2,18 @@ r"""DDPM with a small UNet on the 8x8 digits: a grid of samples, MMD against hel
 
 Data. scikit-learn's bundled digits (:func:`experiments._data.load_sklearn`, a stratified
 75/25 split), pixel values :math:`0..16` scaled to :math:`[-1, 1]` by :math:`x / 8 - 1`,
-as NHWC images ``[N, 8, 8, 1]``; the model sees the training split only.
+as NHWC images ``[N, 8, 8, 1]``; the model sees the training split only. With
+``data.path`` set, the user's images instead (MNIST IDX files, CIFAR-10 batches, a ``.npz``
+or a folder of class folders, read by :func:`jaxmath.run.local_data.load_dataset`; their
+own test split, or ``data.test_fraction`` held out), scaled to [0, 1] and then by
+:math:`2x - 1` to the same [-1, 1]. The UNet halves the image ``len(channel_mults) - 1``
+times, so their height and width must be divisible by :math:`2^{L-1}` (checked before
+training, a ConfigError otherwise), and there must be at least ``num_samples`` training
+images (the reference MMD draws subsets of that size). A held-out split of more than
+:data:`MAX_HELD_OUT` images (MNIST's 10,000) is subsampled to that many for the MMD and
+its bandwidth, whose cost grows with the square of the count, and the logistic regression
+below is fitted on at most :data:`MAX_CLASSIFIER_TRAIN` training images; the digits are
+used whole.
 
 Model. A :class:`~jaxmath.diffusion.model.DiffusionModel` whose denoiser is the
 :class:`~jaxmath.diffusion.denoisers.UNet` (residual blocks with GroupNorm and the
@@ -17,7 +28,10 @@ DDPM's simple objective on that target (Ho et al., 2020, Algorithm 1),
 with warm-up, cosine decay and gradient clipping through
 :func:`jaxmath.run.loop.train_loop` (checkpoints, resume; minibatch ``s`` drawn on the
 device from ``fold_in(key, s)``, the steps between two log steps as one ``lax.scan``);
-samples come from an exponential moving average of the parameters.
+samples come from an exponential moving average of the parameters. Every ``eval_every``
+steps the average's loss on the held-out images (one fixed draw of timesteps and noise) is
+logged as ``heldout_loss``, and the state where it is lowest is kept in
+``checkpoints_best/``.
 
 Sampling. ``num_samples`` images with ``config.sample.sampler`` (DDPM's ancestral sampler
 over all ``T`` steps, or DDIM in ``num_inference_steps``), with :math:`\hat x_0` clipped to
@@ -70,10 +84,11 @@ from matplotlib.figure import Figure
 from jaxmath.diffusion.denoisers import UNet
 from jaxmath.diffusion.model import DiffusionModel
 from jaxmath.metrics import median_bandwidth, mmd_squared
+from jaxmath.run.config import ConfigError
 from jaxmath.run.mesh import on_every_device, shard_init
 from jaxmath.run.report import save_figure
 
-from ._data import load_sklearn
+from ._data import ImageDataset, describe, load_images
 from ._train import (
     compile_timed,
     diffusion_training,
@@ -83,15 +98,32 @@ from ._train import (
     training_mesh,
 )
 
+MAX_HELD_OUT = 2000  # held-out images compared with the samples (median bandwidth: 2M pairs)
+MAX_CLASSIFIER_TRAIN = 5000  # training images the sanity-check classifier is fitted on
 
-def load_digits(test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """``(train [N, 8, 8, 1], test [M, 8, 8, 1], train_labels)`` scaled to ``[-1, 1]``."""
-    split = load_sklearn("digits", test_fraction=test_fraction, seed=seed, standardize=False)
 
-    def images(x):
-        return (x / 8.0 - 1.0).reshape(-1, 8, 8, 1).astype(np.float32)
-
-    return images(split.x_train), images(split.x_test), split.y_train
+def load_digits(config) -> ImageDataset:
+    """The digits ``[N, 8, 8, 1]`` (or the images at ``config.data.path``, ``[N, H, W, C]``)
+    scaled to ``[-1, 1]``, split with ``config.seed``; a ConfigError for images the UNet
+    cannot take or too few of them for ``config.sample.num_samples``."""
+    images = load_images(config.data, config.seed)
+    h, w = images.x_train.shape[1:3]
+    levels = len(config.model.channel_mults)
+    factor = 2 ** (levels - 1)
+    where = f"config.data.path={config.data.get('path')!r}"
+    if h % factor or w % factor:
+        raise ConfigError(
+            f"{where}: images of {h}x{w} cannot go through the UNet's {levels} levels "
+            f"(model.channel_mults={tuple(config.model.channel_mults)}): height and width must "
+            f"be divisible by 2^{levels - 1} = {factor}; crop or pad the images, or use fewer "
+            "levels")
+    if len(images.x_train) < config.sample.num_samples:
+        raise ConfigError(
+            f"{where}: {len(images.x_train)} training images, fewer than "
+            f"sample.num_samples={config.sample.num_samples} (the reference MMD draws that many "
+            "without replacement); lower --config.sample.num_samples")
+    to_range = lambda x: (2 * x - 1).astype(np.float32)  # noqa: E731  [0, 1] -> [-1, 1]
+    return images._replace(x_train=to_range(images.x_train), x_test=to_range(images.x_test))
 
 
 def mmd(x: jax.Array, y: jax.Array, bandwidth: jax.Array) -> float:
@@ -101,21 +133,27 @@ def mmd(x: jax.Array, y: jax.Array, bandwidth: jax.Array) -> float:
 
 
 def _grid(images: np.ndarray, rows: int) -> np.ndarray:
-    """``[rows * cols, 8, 8, 1]`` images tiled into one ``[rows * 9, cols * 9]`` array."""
+    """``[rows * cols, H, W, C]`` images tiled into one ``[rows * (H+1) - 1, cols * (W+1) - 1]``
+    array (``C = 1``) or that by ``C`` (``C > 1``), NaN between the images."""
     cols = len(images) // rows
-    canvas = np.full((rows * 9 - 1, cols * 9 - 1), np.nan)
+    _, h, w, channels = images.shape
+    canvas = np.full((rows * (h + 1) - 1, cols * (w + 1) - 1, channels), np.nan)
     for i, img in enumerate(images[: rows * cols]):
         r, c = divmod(i, cols)
-        canvas[r * 9: r * 9 + 8, c * 9: c * 9 + 8] = img[..., 0]
-    return canvas
+        canvas[r * (h + 1): r * (h + 1) + h, c * (w + 1): c * (w + 1) + w] = img
+    return canvas[..., 0] if channels == 1 else canvas
 
 
 def _plot_samples(samples, test, baseline, rows, titles) -> Figure:
     fig = Figure(figsize=(13, 4.6), layout="constrained")
     axes = fig.subplots(1, 3)
     for ax, imgs, title in zip(axes, (samples, test, baseline), titles, strict=True):
-        ax.imshow(_grid(np.asarray(imgs), rows), cmap="gray_r", vmin=-1, vmax=1,
-                  interpolation="nearest")
+        grid = _grid(np.asarray(imgs), rows)
+        if grid.ndim == 3:  # colour: [-1, 1] -> [0, 1] RGB, gaps white
+            rgb = np.clip((grid[..., :3] + 1) / 2, 0, 1)
+            ax.imshow(np.where(np.isnan(rgb), 1.0, rgb), interpolation="nearest")
+        else:
+            ax.imshow(grid, cmap="gray_r", vmin=-1, vmax=1, interpolation="nearest")
         ax.set_title(title, fontsize=10)
         ax.axis("off")
     return fig
@@ -128,17 +166,22 @@ def nearest_distance(x: np.ndarray, train: np.ndarray) -> float:
     return float(np.sqrt(np.maximum(d2.min(1), 0)).mean())
 
 
-def _classifier_checks(train, train_labels, sets: dict[str, np.ndarray]) -> dict[str, Any]:
+def _classifier_checks(train, train_labels, sets: dict[str, np.ndarray],
+                       num_classes: int = 10) -> dict[str, Any]:
     """Mean top-class probability of a logistic regression on each set; classes covered."""
     from sklearn.linear_model import LogisticRegression
 
+    if len(train) > MAX_CLASSIFIER_TRAIN:  # the user's large datasets: a fixed random subset
+        keep = np.sort(np.random.default_rng(0).choice(len(train), MAX_CLASSIFIER_TRAIN,
+                                                       replace=False))
+        train, train_labels = train[keep], train_labels[keep]
     clf = LogisticRegression(max_iter=2000).fit(train.reshape(len(train), -1), train_labels)
     out: dict[str, Any] = {}
     for name, x in sets.items():
         proba = clf.predict_proba(np.asarray(x).reshape(len(x), -1))
         out[f"classifier_confidence_{name}"] = float(proba.max(1).mean())
         if name == "samples":
-            counts = np.bincount(proba.argmax(1), minlength=10)
+            counts = np.bincount(clf.classes_[proba.argmax(1)], minlength=num_classes)
             out["classes_covered"] = int((counts > 0).sum())
             out["min_class_fraction"] = float(counts.min() / counts.sum())
     return out
@@ -146,9 +189,15 @@ def _classifier_checks(train, train_labels, sets: dict[str, np.ndarray]) -> dict
 
 def run(config, workdir) -> dict:
     workdir = Path(workdir)
+    images = load_digits(config)  # a bad data.path fails here, before any work
+    train, test, train_labels = images.x_train, images.x_test, images.y_train
+    shape = train.shape[1:]  # (H, W, C)
+    noun = "digits" if config.data.get("path") is None else "images"
     key = jax.random.key(config.seed)
     k_init, k_train, k_sample, k_ref, k_base = jax.random.split(key, 5)
-    train, test, train_labels = load_digits(config.data.test_fraction, config.seed)
+    if len(test) > MAX_HELD_OUT:  # the held-out images the MMD compares with
+        keep = np.random.default_rng(config.seed).choice(len(test), MAX_HELD_OUT, replace=False)
+        test = test[np.sort(keep)]
 
     m = config.model
     unet = UNet(channels=m.channels, channel_mults=tuple(m.channel_mults),
@@ -159,7 +208,7 @@ def run(config, workdir) -> dict:
                            prediction_type=m.prediction_type)
     mesh = training_mesh(config)
     init_state, step = diffusion_training(model, config, mesh)
-    x_init = jnp.zeros((2, 8, 8, 1))
+    x_init = jnp.zeros((2, *shape))
     state = shard_init(lambda k: init_state(model.init(k, x_init, jnp.zeros(2, jnp.int32))),
                        k_init, mesh=mesh, min_size=config.mesh.min_shard_size)
 
@@ -169,8 +218,17 @@ def run(config, workdir) -> dict:
         state, loss = step(state, s, data, k_train)
         return state, {"loss": loss}
 
+    # Evaluation during training: the EMA's denoising loss on the held-out images, with one
+    # fixed draw of timesteps and noise (the same at every evaluation, so comparable).
+    heldout = on_every_device(jnp.asarray(test), mesh)
+    k_eval = jax.random.fold_in(k_base, 1)
+    heldout_loss = jax.jit(lambda ema: model.apply(ema, heldout, k_eval, method="loss"))
+
+    def evaluate(state, step):
+        return {"heldout_loss": heldout_loss(state["ema"])}
+
     result, timing = run_loop(config, workdir, state, step_fn, step_number, desc="ddpm_digits",
-                              mesh=mesh)
+                              metrics_fn=evaluate, mesh=mesh)
 
     # Sampling, compiled ahead of time.
     sc, n = config.sample, config.sample.num_samples
@@ -180,7 +238,7 @@ def run(config, workdir) -> dict:
                        timestep_spacing=sc.timestep_spacing)
 
     def sample(p, k):
-        return model.apply(p, k, (n, 8, 8, 1), method="sample", **options)
+        return model.apply(p, k, (n, *shape), method="sample", **options)
 
     samples, compile_s, sample_s = compile_timed(sample, result.state["ema"], k_sample)
     samples = np.asarray(samples)
@@ -189,7 +247,7 @@ def run(config, workdir) -> dict:
     rng = np.random.default_rng(np.asarray(jax.random.key_data(k_ref)).ravel()[-1])
     refs = [train[rng.choice(len(train), n, replace=False)] for _ in range(config.num_reference)]
     mean, std = train.mean(0), train.std(0)
-    baseline = np.clip(mean + std * np.asarray(jax.random.normal(k_base, (n, 8, 8, 1))), -1, 1)
+    baseline = np.clip(mean + std * np.asarray(jax.random.normal(k_base, (n, *shape))), -1, 1)
     bandwidth = median_bandwidth(test.reshape(len(test), -1))
     mmd_samples = mmd(samples, test, bandwidth)
     mmd_reference = float(np.mean([mmd(r, test, bandwidth) for r in refs]))
@@ -199,12 +257,13 @@ def run(config, workdir) -> dict:
     save_figure(_plot_samples(
         samples[:grid_n], test[:grid_n], baseline[:grid_n], config.grid_rows,
         (f"DDPM samples ({sc.sampler}), MMD {mmd_samples:.3f}",
-         f"held-out digits (reference MMD {mmd_reference:.3f})",
+         f"held-out {noun} (reference MMD {mmd_reference:.3f})",
          f"pixel-Gaussian baseline, MMD {mmd_baseline:.3f}")), workdir, "samples")
     save_figure(plot_losses({"UNet": [r["loss"] for r in result.history]},
                             [r["step"] for r in result.history],
                             f"squared error on the {m.prediction_type} target (minibatch)",
-                            "DDPM training loss on 8x8 digits (moving average of 10 log rows)"),
+                            f"DDPM training loss on {describe(images)['image_shape']} {noun} "
+                            "(moving average of 10 log rows)"),
                 workdir, "loss")
 
     target = config.target_factor * mmd_reference
@@ -233,7 +292,9 @@ def run(config, workdir) -> dict:
         "nn_distance_test_to_train": nearest_distance(test, train),
     }
     summary.update(_classifier_checks(train, train_labels,
-                                      {"samples": samples, "test": test, "baseline": baseline}))
+                                      {"samples": samples, "test": test, "baseline": baseline},
+                                      images.num_classes))
+    summary.update(describe(images))
     summary.update({
         "target": f"MMD(samples, held-out) <= {config.target_factor:g} x reference",
         "target_mmd": target,

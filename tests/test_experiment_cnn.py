@@ -6,10 +6,14 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import experiments.cnn
 from configs.cnn import get_config
 from experiments._train import count_params, fast_init
-from experiments.cnn import CNN, load_digits, random_shift, sample_batch
+from experiments.cnn import CNN, load_digits, predict, random_shift, sample_batch
+from jaxmath.run.cli import run_experiment
+from jaxmath.run.config import ConfigError
 from tests import _experiment_runs as runs
+from tests.test_local_data import write_cifar
 from tests.tolerances import F32_ATOL, F32_LOOSE
 
 CONFIG = runs.config_path("cnn")
@@ -43,9 +47,41 @@ def test_scan_path_gives_the_same_run(quick, tmp_path):
     runs.check_scan_path(CONFIG, quick, tmp_path, scan_steps=5)
 
 
-def _num_params(c1, c2, c3, hidden, classes=10):
-    convs = 9 * 1 * c1 + c1 + 9 * c1 * c2 + c2 + 9 * c2 * c3 + c3
-    return convs + (2 * 2 * c3) * hidden + hidden + hidden * classes + classes
+def _num_params(c1, c2, c3, hidden, classes=10, channels=1, side=8):
+    convs = 9 * channels * c1 + c1 + 9 * c1 * c2 + c2 + 9 * c2 * c3 + c3
+    pooled = (side // 4) ** 2 * c3
+    return convs + pooled * hidden + hidden + hidden * classes + classes
+
+
+def test_quick_run_on_cifar10_batches(tmp_path, rng):
+    """--config.data.path: CIFAR-10 python batches (32x32 RGB, 30 + 15 images) as the data."""
+    write_cifar(tmp_path / "cifar", rng)
+    workdir = tmp_path / "run"
+    summary = run_experiment(f"{CONFIG}:quick", workdir,
+                             [f"--config.data.path={tmp_path / 'cifar'}"], verbose=False)
+    runs.assert_run_files(workdir, "metrics.jsonl", "plots/curves.png",
+                          "plots/misclassified.png", "plots/filters.png")
+    assert summary["data_format"] == "cifar10" and summary["image_shape"] == "32x32x3"
+    assert summary["num_test"] == 15 and 0 <= summary["test_accuracy"] <= 1
+    model = get_config("quick").model
+    assert summary["num_params"] == _num_params(*model.features, model.hidden, channels=3,
+                                                side=32)
+
+
+@pytest.mark.parametrize("files, match", [
+    ({"x": np.zeros((8, 3, 3), np.uint8), "y": np.arange(8) % 2},
+     r"config.data.path='.*d.npz': the CNN pools twice by 2, so images must be at least 4x4, "
+     r"got 3x3"),
+    ({"x": np.zeros((8, 4, 4), np.uint8), "y": np.arange(8) - 1},
+     r"config.data.path='.*d.npz' \(format 'auto'\): d.npz\[y\]: labels must be integers "
+     r"0..K-1, found -1"),
+], ids=["too small", "negative label"])
+def test_bad_data_is_a_config_error_before_training(tmp_path, files, match):
+    np.savez(tmp_path / "d.npz", **files)
+    with pytest.raises(ConfigError, match=match):
+        run_experiment(f"{CONFIG}:quick", tmp_path / "run",
+                       [f"--config.data.path={tmp_path / 'd.npz'}"], verbose=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
 
 
 class _FlaxCNN(nn.Module):
@@ -74,6 +110,16 @@ def test_cnn_matches_the_same_network_built_with_flax_conv(rng):
     assert got.shape == (6, 10)
     want = jax.jit(_FlaxCNN((3, 4, 5)).apply)(params, x)  # same parameter names and layouts
     np.testing.assert_allclose(got, want, rtol=F32_LOOSE, atol=F32_ATOL)
+
+
+def test_predict_in_chunks_matches_one_pass(monkeypatch, rng):
+    model = CNN(features=(2, 2, 2), hidden=4)
+    x = jnp.asarray(rng.uniform(size=(11, 8, 8, 1)), jnp.float32)
+    params = fast_init(lambda key: model.init(key, x), jax.random.key(0))
+    whole = np.asarray(predict(model, params, x))
+    monkeypatch.setattr(experiments.cnn, "EVAL_BATCH", 4)  # 3 chunks, the last one padded
+    np.testing.assert_array_equal(predict(model, params, x), whole)
+    np.testing.assert_array_equal(whole, np.argmax(model.apply(params, x), axis=-1))
 
 
 def _translations(image, s):
@@ -110,10 +156,12 @@ def test_sample_batch_is_a_function_of_the_step():
 
 
 def test_digits_are_images_in_the_unit_interval():
-    x_train, _, x_test, y_test = load_digits(get_config())
-    assert x_train.shape == (1347, 8, 8, 1) and x_test.shape == (450, 8, 8, 1)
-    assert float(x_train.min()) == 0.0 and float(x_train.max()) == 1.0
-    assert set(np.unique(y_test)) == set(range(10))
+    data = load_digits(get_config())
+    assert data.x_train.shape == (1347, 8, 8, 1) and data.x_test.shape == (450, 8, 8, 1)
+    assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int32
+    assert set(np.unique(data.y_test)) == set(range(10)) and data.num_classes == 10
+    assert data.format == "sklearn_digits"
 
 
 @pytest.mark.parametrize("call, match", [

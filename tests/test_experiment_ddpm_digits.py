@@ -3,8 +3,12 @@
 import numpy as np
 import pytest
 
+from configs.ddpm_digits import get_config
 from experiments.ddpm_digits import _grid, load_digits, nearest_distance
+from jaxmath.run.cli import run_experiment
+from jaxmath.run.config import ConfigError, apply_overrides
 from tests import _experiment_runs as runs
+from tests.test_local_data import write_mnist
 
 CONFIG = runs.config_path("ddpm_digits")
 
@@ -35,12 +39,58 @@ def test_scan_path_gives_the_same_run(quick, tmp_path):
 
 
 def test_digits_are_scaled_to_minus_one_one():
-    train, test, labels = load_digits(0.25, seed=0)
+    data = load_digits(get_config())
+    train, test, labels = data.x_train, data.x_test, data.y_train
     assert train.shape[1:] == test.shape[1:] == (8, 8, 1)
     assert len(train) + len(test) == 1797 and len(labels) == len(train)
     assert train.min() == -1.0 and train.max() == 1.0
     # pixel values 0..16 map to multiples of 1/8
     np.testing.assert_array_equal((train + 1) * 8, np.round((train + 1) * 8))
+
+
+def test_idx_images_are_scaled_to_minus_one_one(tmp_path, rng):
+    x_train = write_mnist(tmp_path, rng, n_train=40, n_test=10)[0]
+    config = apply_overrides(get_config("quick"), [f"--config.data.path={tmp_path}"])
+    data = load_digits(config)
+    assert data.x_train.shape == (40, 28, 28, 1) and data.format == "idx"
+    np.testing.assert_allclose(data.x_train[..., 0], x_train / 127.5 - 1, atol=1e-6)
+
+
+@pytest.mark.parametrize("overrides, match", [
+    (["--config.model.channel_mults=(1, 2, 2, 2)"],
+     r"images of 28x28 cannot go through the UNet's 4 levels \(model.channel_mults=\(1, 2, 2, "
+     r"2\)\): height and width must be divisible by 2\^3 = 8"),
+    (["--config.sample.num_samples=41"],
+     r"40 training images, fewer than sample.num_samples=41"),
+], ids=["image size", "too few images"])
+def test_data_the_unet_cannot_take_is_a_config_error_before_training(tmp_path, rng, overrides,
+                                                                     match):
+    write_mnist(tmp_path / "mnist", rng, n_train=40, n_test=10)
+    with pytest.raises(ConfigError, match=r"config.data.path='.*mnist': " + match):
+        run_experiment(f"{CONFIG}:quick", tmp_path / "run",
+                       [f"--config.data.path={tmp_path / 'mnist'}", *overrides], verbose=False)
+    assert not (tmp_path / "run" / "metrics.jsonl").exists()
+
+
+@pytest.mark.slow  # compiles the UNet at 28x28: ~12 s
+def test_quick_run_on_mnist_idx_files(tmp_path, rng):
+    write_mnist(tmp_path / "mnist", rng, n_train=48, n_test=12, gz=True)
+    workdir = tmp_path / "run"
+    summary = run_experiment(f"{CONFIG}:quick", workdir,
+                             [f"--config.data.path={tmp_path / 'mnist'}"], verbose=False)
+    runs.assert_run_files(workdir, "metrics.jsonl", "plots/samples.png", "plots/loss.png")
+    assert summary["data_format"] == "idx" and summary["image_shape"] == "28x28x1"
+    assert summary["num_train"] == 48 and summary["num_test"] == 12
+    assert summary["mmd_samples"] > 0 and summary["mmd_reference"] > 0
+    assert all(np.isfinite(r["loss"]) for r in runs.metrics_rows(workdir))
+
+
+def test_grid_tiles_colour_images():
+    images = np.arange(2, dtype=float)[:, None, None, None] * np.ones((2, 4, 3, 3))
+    canvas = _grid(images, rows=1)
+    assert canvas.shape == (4, 7, 3)
+    assert (canvas[:, :3] == 0).all() and (canvas[:, 4:] == 1).all()
+    assert np.isnan(canvas[:, 3]).all()
 
 
 def test_grid_tiles_images_row_major():

@@ -10,8 +10,10 @@ from configs.mlp import get_config
 from experiments._train import count_params, fast_init
 from experiments.mlp import MLP, sample_batch, smoothed_loss_floor
 from jaxmath.losses import softmax_cross_entropy
+from jaxmath.run.cli import main, run_experiment
 from jaxmath.run.config import ConfigError, load_config
 from tests import _experiment_runs as runs
+from tests.test_local_data import png_folder
 from tests.tolerances import F32_ATOL, F32_LOOSE, F32_RTOL
 
 CONFIG = runs.config_path("mlp")
@@ -52,7 +54,40 @@ def test_scan_path_gives_the_same_run(quick, tmp_path):
     runs.check_scan_path(CONFIG, quick, tmp_path, scan_steps=10)
 
 
+def test_quick_run_on_a_folder_of_images(tmp_path, rng):
+    """--config.data.path: the user's 8x8 PNGs (3 classes of 20) replace the digits."""
+    png_folder(tmp_path / "images", rng, n=60)
+    workdir = tmp_path / "run"
+    summary = run_experiment(f"{CONFIG}:quick", workdir,
+                             [f"--config.data.path={tmp_path / 'images'}"], verbose=False)
+    runs.assert_run_files(workdir, "metrics.jsonl", "plots/curves.png")
+    assert summary["digits_data_format"] == "image_folder"
+    assert summary["digits_image_shape"] == "8x8x1"
+    assert summary["digits_num_test"] == 15  # a quarter of each class held out
+    assert 0 <= summary["digits_test_accuracy"] <= 1
+    hidden = get_config("quick").model.hidden[0]
+    assert summary["num_params"] == sum(d * hidden + hidden + hidden * k + k
+                                        for d, k in ((2, 2), (64, 3)))
+    assert [row["step"] for row in runs.metrics_rows(workdir)] == [10, 20]
 
+
+def test_bad_data_path_exits_2_before_training(tmp_path, capsys):
+    workdir = tmp_path / "run"
+    code = main(["run", f"{CONFIG}:quick", "--workdir", str(workdir),
+                 f"--config.data.path={tmp_path / 'missing'}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert "config.data.path=" in err and "missing' does not exist" in err
+    assert not (workdir / "metrics.jsonl").exists() and not (workdir / "checkpoints").exists()
+    assert not (workdir / "config.json").exists()  # so the corrected command may use it
+
+
+def test_unknown_data_format_is_a_config_error(tmp_path):
+    png_folder(tmp_path / "images", np.random.default_rng(0), n=6)
+    with pytest.raises(ConfigError, match=r"config.data.path='.*images' \(format 'csv'\): "
+                                          r"format must be 'auto' or one of"):
+        run_experiment(f"{CONFIG}:quick", tmp_path / "run",
+                       [f"--config.data.path={tmp_path / 'images'}", "--config.data.format=csv"])
 
 
 def test_sample_batch_is_a_function_of_the_step(rng):

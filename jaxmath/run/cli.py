@@ -487,7 +487,7 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
     else:
         command = shlex.join([_PROG, "run", "--rerun", rerun_of, "--workdir", str(workdir),
                               *overrides])
-    record = None
+    record, fresh = None, False
     if writer:
         for key in new_keys:
             print(f"{_PROG}: warning: config key {key!r} is new since the recorded run; it keeps "
@@ -497,6 +497,7 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
         if first_record is not None:  # a resume: the run's first record stays, this is added
             record = records.add_resume(first_record, record)
         workdir.mkdir(parents=True, exist_ok=True)
+        fresh = not (workdir / "config.json").exists()
         atomic_write_json(workdir / "config.json", {**resolved, RECORD_KEY: record})
     if verbose and writer:
         print(f"{_PROG}: experiments/{name}.py in {workdir} (config {spec})", flush=True)
@@ -504,7 +505,12 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
     if not callable(getattr(module, "run", None)):
         raise ConfigError(f"experiments/{name}.py defines no run(config, workdir)")
     start = time.perf_counter()
-    summary = module.run(config, workdir)
+    try:
+        summary = module.run(config, workdir)
+    except ConfigError:  # refused before any work (e.g. a bad data path): a fresh workdir
+        if writer and fresh and not (workdir / "metrics.jsonl").exists():  # keeps no config
+            (workdir / "config.json").unlink(missing_ok=True)
+        raise
     wall_time_s = time.perf_counter() - start
     if summary is None:
         summary = {}
