@@ -1,4 +1,4 @@
-"""Subprocess jobs of the multi-device and multi-process tests: ports, waiting, results."""
+"""Subprocess jobs of the tests: ports, waiting, results, and git in throwaway repositories."""
 
 from __future__ import annotations
 
@@ -37,3 +37,13 @@ def result(proc: subprocess.Popen, name: str, timeout_s: float) -> dict:
     if not lines:
         pytest.fail(f"{name} printed no RESULT line")
     return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+_GIT = ("git", "-c", "user.name=jaxmath", "-c", "user.email=jaxmath@example.com",
+        "-c", "commit.gpgsign=false")
+
+
+def git(repo, *args: str) -> str:
+    """``git -C repo args...`` with a fixed identity; its stdout, stripped."""
+    return subprocess.run([*_GIT, "-C", str(repo), *args], check=True, capture_output=True,
+                          text=True).stdout.strip()

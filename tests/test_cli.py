@@ -13,6 +13,7 @@ import pytest
 from jaxmath.run import cli, startup
 from jaxmath.run.cli import RUN_FILES, list_configs, main, run_experiment
 from jaxmath.run.config import ConfigError
+from tests._jobs import git
 
 ROOT = Path(__file__).resolve().parent.parent
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -288,13 +289,6 @@ def test_the_mesh_may_change_on_resume(tmp_path, capsys):
 
 # ----------------------------------------------------------------------------- record and rerun
 
-GIT = ("git", "-c", "user.name=jaxmath", "-c", "user.email=jaxmath@example.com",
-       "-c", "commit.gpgsign=false")
-
-
-def _git(repo, *args):
-    return subprocess.run([*GIT, "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
 
 
 @pytest.fixture
@@ -306,9 +300,9 @@ def echo_repo(tmp_path):
     shutil.copytree(FIXTURES / "configs", repo / "configs")
     shutil.copytree(FIXTURES / "experiments", repo / "experiments",
                     ignore=shutil.ignore_patterns("__pycache__"))
-    _git(repo, "init", "-q")
-    _git(repo, "add", ".")
-    _git(repo, "commit", "-q", "-m", "echo")
+    git(repo, "init", "-q")
+    git(repo, "add", ".")
+    git(repo, "commit", "-q", "-m", "echo")
     return repo
 
 
@@ -329,8 +323,8 @@ def test_config_json_holds_the_record(echo_repo, tmp_path):
     assert main(["run", spec, "--workdir", str(workdir), "--config.seed=4"]) == 0
     resolved, record = _stored(workdir)
     assert resolved["seed"] == 4 and resolved["value"] == 1.5  # the config at the top level
-    assert record["git"] == {"root": _git(echo_repo, "rev-parse", "--show-toplevel"),
-                             "commit": _git(echo_repo, "rev-parse", "HEAD"), "dirty": False}
+    assert record["git"] == {"root": git(echo_repo, "rev-parse", "--show-toplevel"),
+                             "commit": git(echo_repo, "rev-parse", "HEAD"), "dirty": False}
     assert record["spec"] == {"config_file": str(echo_repo / "configs" / "echo.py"),
                               "variant": "quick", "overrides": ["--config.seed=4"],
                               "rerun_of": None}
@@ -380,7 +374,7 @@ def test_rerun_reproduces_the_recorded_run(echo_repo, tmp_path, capsys):
                            .replace('"num_steps": 2,', '"num_steps": 6,')
                            .replace("    config.note = None\n",
                                     "    config.note = None\n    config.extra = 3\n"))
-    _git(echo_repo, "commit", "-q", "-am", "new defaults")
+    git(echo_repo, "commit", "-q", "-am", "new defaults")
     capsys.readouterr()
     assert main(["run", "--rerun", str(workdir)]) == 0
     rerun = tmp_path / "run-rerun"

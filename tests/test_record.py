@@ -20,14 +20,7 @@ from jaxmath.run.record import (
     run_record,
     versions,
 )
-
-GIT = ("git", "-c", "user.name=jaxmath", "-c", "user.email=jaxmath@example.com",
-       "-c", "commit.gpgsign=false")
-
-
-def _git(repo, *args):
-    return subprocess.run([*GIT, "-C", str(repo), *args], check=True, capture_output=True,
-                          text=True).stdout.strip()
+from tests._jobs import git
 
 
 @pytest.fixture
@@ -35,23 +28,23 @@ def repo(tmp_path):
     """A git repository with one commit holding ``c.py``."""
     root = tmp_path / "repo"
     root.mkdir()
-    _git(root, "init", "-q")
+    git(root, "init", "-q")
     (root / "c.py").write_text("x = 1\n")
-    _git(root, "add", "c.py")
-    _git(root, "commit", "-q", "-m", "first")
+    git(root, "add", "c.py")
+    git(root, "commit", "-q", "-m", "first")
     return root
 
 
 def test_git_state_matches_git(repo):
     state = git_state(repo / "c.py")
-    assert state == {"root": _git(repo, "rev-parse", "--show-toplevel"),
-                     "commit": _git(repo, "rev-parse", "HEAD"), "dirty": False}
+    assert state == {"root": git(repo, "rev-parse", "--show-toplevel"),
+                     "commit": git(repo, "rev-parse", "HEAD"), "dirty": False}
     assert git_state(repo) == state  # a folder works as well as a file in it
     (repo / "c.py").write_text("x = 2\n")
     assert git_state(repo / "c.py")["dirty"] is True
-    _git(repo, "commit", "-q", "-am", "second")
+    git(repo, "commit", "-q", "-am", "second")
     after = git_state(repo / "c.py")
-    assert after["dirty"] is False and after["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert after["dirty"] is False and after["commit"] == git(repo, "rev-parse", "HEAD")
     assert after["commit"] != state["commit"]
     (repo / "new.txt").write_text("untracked")
     assert git_state(repo)["dirty"] is True  # an untracked file counts
@@ -100,7 +93,7 @@ def test_run_record_against_independent_sources(repo):
                         command="jaxmath run c.py:quick --workdir w --config.seed=5",
                         argv=["jaxmath", "run", "c.py:quick", "--workdir", "w"],
                         workdir="runs/w x")
-    assert record["git"]["commit"] == _git(repo, "rev-parse", "HEAD")
+    assert record["git"]["commit"] == git(repo, "rev-parse", "HEAD")
     assert record["git"]["dirty"] is False
     assert record["versions"] == versions()
     assert record["backend"] == jax.default_backend()
@@ -132,7 +125,7 @@ def test_rerun_warnings(repo):
     record = {"git": git_state(repo / "c.py"), "versions": versions()}
     assert rerun_warnings(record, repo / "c.py") == []
     (repo / "c.py").write_text("x = 3\n")
-    _git(repo, "commit", "-q", "-am", "later")
+    git(repo, "commit", "-q", "-am", "later")
     (repo / "c.py").write_text("x = 4\n")
     record["versions"] = {**record["versions"], "jax": "0.0.1"}
     lines = rerun_warnings(record, repo / "c.py")
