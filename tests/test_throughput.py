@@ -168,3 +168,11 @@ def test_meter_matches_a_loop_timed_by_hand():
     for i, r in enumerate(rates, start=1):
         want = 10 / ((times[i] - times[i - 1]) - (pauses[i] - pauses[i - 1]))
         assert r["perf/steps_per_s"] == pytest.approx(want)
+
+
+def test_first_progress_line_eta_uses_the_rate_after_compilation(capsys):
+    from jaxmath.run.loop import _Progress
+
+    bar = _Progress("lines", "fit", 0, 100)
+    bar.log(10, 1.0, "5 steps/s", steps_per_s=5.0)  # 90 steps left at 5 steps/s
+    assert capsys.readouterr().out.strip().endswith("eta 18.0s")

@@ -528,8 +528,14 @@ class _Progress:
         elif self.mode == "lines":
             print(text, file=sys.stdout, flush=True)
 
-    def log(self, step: int, loss: float, perf: str = "") -> None:
-        """Show a log step: its loss and ``perf``, the throughput text (rates, MFU)."""
+    def log(self, step: int, loss: float, perf: str = "",
+            steps_per_s: float | None = None) -> None:
+        """Show a log step: its loss and ``perf``, the throughput text (rates, MFU).
+
+        The ETA is the remaining steps at the average rate since the first log step; at
+        the first (whose interval holds the compilation) at ``steps_per_s``, the rate
+        measured after the compilation, if given.
+        """
         if self.bar is not None:
             self.bar.set_postfix_str(f"loss={loss:.4g}" + (f", {perf}" if perf else ""),
                                      refresh=False)
@@ -538,10 +544,10 @@ class _Progress:
             now = time.perf_counter()
             if self.first is None:  # the first interval includes compilation: time from here
                 self.first = (now, step)
-                t_ref, step_ref = self.t0, self.start
+                rate = steps_per_s or (step - self.start) / max(now - self.t0, 1e-9)
             else:
                 t_ref, step_ref = self.first
-            rate = (step - step_ref) / max(now - t_ref, 1e-9)
+                rate = (step - step_ref) / max(now - t_ref, 1e-9)
             eta = (self.total - step) / rate if rate > 0 else math.inf
             elapsed = now - self.t0
             print(f"{self.desc} step {step}/{self.total} loss {loss:.6g} "
@@ -958,7 +964,8 @@ def _run(state, initial, stepper, start, restored, plan, metrics_fn, best, donat
                 log.write(done, row, fsync=False)  # flushed: safe from a killed process
                 if writers is not None:
                     writers.write(done, row)
-                bar.log(done, float(row["loss"]), meter.describe(perf))
+                bar.log(done, float(row["loss"]), meter.describe(perf),
+                        perf.get("perf/steps_per_s"))
             if save_now:
                 log.sync()  # the rows up to a checkpoint are on disk before it
                 ckpt.save(done, state)
