@@ -171,8 +171,8 @@ def test_meter_matches_a_loop_timed_by_hand():
 
 
 def test_first_progress_line_eta_uses_the_rate_after_compilation(capsys):
-    from jaxmath.run.loop import _Progress
+    from jaxmath.run.progress import Progress
 
-    bar = _Progress("lines", "fit", 0, 100)
+    bar = Progress("lines", "fit", 0, 100)
     bar.log(10, 1.0, "5 steps/s", steps_per_s=5.0)  # 90 steps left at 5 steps/s
     assert capsys.readouterr().out.strip().endswith("eta 18.0s")

@@ -32,15 +32,8 @@ import pytest
 
 from jaxmath.run.checkpoint import Checkpointer
 from jaxmath.run.files import MetricsLog
-from jaxmath.run.loop import (
-    NonFiniteLossError,
-    TrainResult,
-    TrainTiming,
-    _calls,
-    _chunk_length,
-    _resolve_steps_per_call,
-    train_loop,
-)
+from jaxmath.run.loop import NonFiniteLossError, TrainResult, TrainTiming, train_loop
+from jaxmath.run.steps import _calls, _chunk_length, _resolve_steps_per_call
 from jaxmath.run.throughput import without_perf
 from tests.tolerances import F32_ATOL, F32_RTOL
 

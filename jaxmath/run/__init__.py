@@ -13,6 +13,9 @@ runs on disk, one concept per module:
                        overrides
 :mod:`~.loop`          :func:`~.loop.train_loop`: a resumable training loop (progress,
                        metrics, held-out evaluation, latest and best checkpoints, profiles)
+:mod:`~.steps`         the loop's compiled step: one call per update or a ``lax.scan``
+:mod:`~.progress`      the loop's progress bar or lines
+:mod:`~.best`          the best state by an evaluation metric (``checkpoints_best/``)
 :mod:`~.checkpoint`    :class:`~.checkpoint.Checkpointer` (orbax)
 :mod:`~.throughput`    steps/s, examples/s, FLOP/s and MFU of a run (the loop's rows and
                        progress line)
