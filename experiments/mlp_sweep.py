@@ -36,7 +36,8 @@ there is no per-step dispatch to remove; the summary gives the sweep's time, its
 compilation (JAX's tracing, lowering and XLA compile time) and the training steps per
 second of all runs together without it. A run whose minibatch loss becomes nan or
 infinite is marked as diverged (``diverged`` and ``diverged_step`` in the table, its
-state frozen before that update); it is left out of the statistics and plots and
+state frozen before that update), as is one whose final training loss is not finite
+(``diverged_step`` = ``num_steps``); it is left out of the statistics and plots and
 listed in the summary (``diverged_members``), and the other runs go on unchanged.
 
 Target. The best learning rate, the one of highest mean test accuracy over the seeds,
@@ -261,10 +262,14 @@ def run(config, workdir) -> dict:
     sweep_s = time.perf_counter() - start
     total_steps = len(lr) * int(config.num_steps)
 
-    # a diverged run (a non-finite minibatch loss) is kept in the table, out of the statistics
-    diverged = out.diverged
+    # a diverged run (a non-finite minibatch loss, or a finite one whose last update made the
+    # parameters non-finite: its final loss) is kept in the table, out of the statistics
+    final_bad = ~np.isfinite(np.asarray(out.results["final_train_loss"], np.float64))
+    diverged_step = np.where((out.diverged_step == 0) & final_bad, int(config.num_steps),
+                             out.diverged_step)
+    diverged = diverged_step > 0
     write_table(workdir, hparams, {**out.results, "loss_curve": out.curves["loss"],
-                                   "diverged": diverged, "diverged_step": out.diverged_step})
+                                   "diverged": diverged, "diverged_step": diverged_step})
     # each run's curves as a series of its own (TensorBoard: tensorboard/<hyperparameters>)
     write_sweep_members(config.get("logging"), workdir, hparams, out.curves,
                         config.log_every * np.arange(1, np.shape(out.curves["loss"])[1] + 1))
@@ -303,7 +308,7 @@ def run(config, workdir) -> dict:
         "num_seeds": acc.shape[1],
         "num_steps": int(config.num_steps),
         "num_diverged": int(diverged.sum()),
-        "diverged_members": diverged_members(hparams, out.diverged_step),
+        "diverged_members": diverged_members(hparams, diverged_step),
         "num_traces": len(traces),  # of the training step, for the whole sweep
         "sweep_s": sweep_s,  # compilation included
         "configs_per_s": len(lr) / sweep_s,

@@ -21,6 +21,7 @@ from experiments.mlp_sweep import by_rate, load_digits, make_training
 from jaxmath.losses import softmax_cross_entropy
 from jaxmath.run import sweep_train
 from jaxmath.run.cli import load_experiment, run_experiment
+from jaxmath.run.config import ConfigError
 from jaxmath.run.sweep import grid
 from jaxmath.run.sweep_progress import PROGRESS_DIR
 from jaxmath.run.sweep_train import train_sweep
@@ -132,6 +133,12 @@ def test_quick_run_writes_its_files(tmp_path, monkeypatch):
     # the progress: one finished chunk (the whole sweep)
     assert sorted(p.name for p in (tmp_path / PROGRESS_DIR).iterdir()) == [
         "group0_chunk0.npz", "manifest.json"]
+    # num_steps may change on resume for a training run, not for a finished sweep: refused
+    # with a ConfigError (exit 2) before any work, and the recorded config.json kept
+    before = (tmp_path / "config.json").read_bytes()
+    with pytest.raises(ConfigError, match="holds the progress of a different sweep"):
+        run_experiment(f"{CONFIG}:quick", tmp_path, ["--config.num_steps=40"], verbose=False)
+    assert (tmp_path / "config.json").read_bytes() == before
 
 
 def _direct_run(training, hp, num_steps):

@@ -316,7 +316,7 @@ BAD = [
     (_sweep(log_every=0), ValueError, "log_every must be >= 1"),
     (_sweep(log_every=5), ValueError, "log_every must be <= num_steps = 4, got 5"),
     (_sweep(checkpoint_every=0), ValueError, "checkpoint_every must be >= 1"),
-    (_sweep(checkpoint_every=True), TypeError, "checkpoint_every must be an int or None"),
+    (_sweep(checkpoint_every=True), TypeError, "checkpoint_every must be an int, got bool"),
     (_sweep(chunk_size=-1), ValueError, "chunk_size must be >= 0"),
     (_sweep(static="width"), ValueError, "static name 'width'"),
     (_sweep(loss=1), TypeError, "loss must be a metric name"),

@@ -98,7 +98,7 @@ from jaxmath.run.config import (
     load_config,
     resolve_spec,
 )
-from jaxmath.run.files import atomic_write_json
+from jaxmath.run.files import atomic_write_bytes, atomic_write_json
 from jaxmath.run.record import RECORD_KEY
 from jaxmath.run.report import summary_table, write_report, write_summary
 
@@ -487,7 +487,7 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
     else:
         command = shlex.join([_PROG, "run", "--rerun", rerun_of, "--workdir", str(workdir),
                               *overrides])
-    record, fresh = None, False
+    record, fresh, stored_bytes = None, False, None
     if writer:
         for key in new_keys:
             print(f"{_PROG}: warning: config key {key!r} is new since the recorded run; it keeps "
@@ -498,6 +498,7 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
             record = records.add_resume(first_record, record)
         workdir.mkdir(parents=True, exist_ok=True)
         fresh = not (workdir / "config.json").exists()
+        stored_bytes = None if fresh else (workdir / "config.json").read_bytes()
         atomic_write_json(workdir / "config.json", {**resolved, RECORD_KEY: record})
     if verbose and writer:
         print(f"{_PROG}: experiments/{name}.py in {workdir} (config {spec})", flush=True)
@@ -507,9 +508,11 @@ def run_experiment(spec: str, workdir: str | os.PathLike, overrides: Sequence[st
     start = time.perf_counter()
     try:
         summary = module.run(config, workdir)
-    except ConfigError:  # refused before any work (e.g. a bad data path): a fresh workdir
-        if writer and fresh and not (workdir / "metrics.jsonl").exists():  # keeps no config
-            (workdir / "config.json").unlink(missing_ok=True)
+    except ConfigError:  # refused before any work (a bad data path, a sweep's settings):
+        if writer and fresh and not (workdir / "metrics.jsonl").exists():  # a fresh workdir
+            (workdir / "config.json").unlink(missing_ok=True)             # keeps no config,
+        elif writer and stored_bytes is not None:                         # a resumed one
+            atomic_write_bytes(workdir / "config.json", stored_bytes)     # its own
         raise
     wall_time_s = time.perf_counter() - start
     if summary is None:

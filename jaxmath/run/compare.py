@@ -54,7 +54,7 @@ MAX_MEMBERS = 12
 
 SWEEP_FILE = "sweep.jsonl"
 _FLOAT_RTOL = 1e-6
-_NOT_METRICS = ("index", "diverged")
+_NOT_METRICS = ("index", "diverged", "diverged_step")
 
 
 class Source(NamedTuple):

@@ -11,8 +11,10 @@ given a ``workdir`` keep ``workdir/checkpoints_sweep/``::
 
 Every file is written atomically (:func:`~jaxmath.run.files.atomic_write_bytes`), so a
 kill at any moment leaves the previous file or the new one. On resume, the manifest
-must equal the new sweep's: a different table, plan or setting is a ``ValueError``
-naming what differs, never a silent mix of two sweeps. An ``.npz`` holds a CRC per
+must equal the new sweep's: a different table, plan or setting is a
+:class:`~jaxmath.run.config.ConfigError` (a ``ValueError``) naming what differs, never a
+silent mix of two sweeps; a manifest with nothing saved under it (a sweep that failed
+before its first chunk) is replaced by the new one. An ``.npz`` holds a CRC per
 array; a file that cannot be read is reported with a ``RuntimeWarning`` and its chunk
 is computed again (the numbers are the same: a chunk is a function of its rows).
 
@@ -34,6 +36,7 @@ from typing import Any
 
 import numpy as np
 
+from jaxmath.run.config import ConfigError
 from jaxmath.run.files import _is_writer, atomic_write_bytes, atomic_write_json
 
 __all__ = ["PROGRESS_DIR", "SweepProgress"]
@@ -91,8 +94,8 @@ class SweepProgress:
         equal the stored one.
 
     Raises:
-      ValueError: the directory holds the progress of a different sweep; the message
-        names the first difference.
+      ConfigError: the directory holds results of a different sweep; the message names
+        the first difference.
 
     Example:
       >>> import tempfile
@@ -114,8 +117,12 @@ class SweepProgress:
                 raise ValueError(f"cannot read the sweep manifest {path} ({e}); delete "
                                  f"{self.directory} to start the sweep afresh") from None
             difference = _first_difference(saved, wanted)
+            if difference is not None and not self._holds_results():
+                difference = None  # nothing saved under the old settings: take the new ones
+                if _is_writer():
+                    atomic_write_json(path, wanted)
             if difference is not None:
-                raise ValueError(
+                raise ConfigError(
                     f"{self.directory} holds the progress of a different sweep ({difference}); "
                     f"use another workdir, or delete {self.directory} to start afresh")
         elif _is_writer():
@@ -123,6 +130,10 @@ class SweepProgress:
 
     def __repr__(self) -> str:
         return f"SweepProgress({str(self.directory)!r})"
+
+    def _holds_results(self) -> bool:
+        """Whether any chunk's results or running state is saved here."""
+        return any(self.directory.glob("group*_chunk*.npz"))
 
     def _path(self, group: int, chunk: int, running: bool = False) -> Path:
         return self.directory / f"group{group}_chunk{chunk}{'.running' if running else ''}.npz"

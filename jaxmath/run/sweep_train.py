@@ -22,13 +22,15 @@ Diverged members: the update :math:`t + 1` whose loss (``metrics[loss]``, comput
 :math:`x_s^{(t)}`) is nan or :math:`\pm\infty` marks the member as diverged at step
 :math:`t + 1`. That update and all later ones are not applied: its state stays frozen at
 :math:`x_s^{(t)}` (as :func:`jaxmath.run.loop.train_loop` keeps the state before the
-bad update), so no nan spreads into it, and its logged metrics after that step are nan.
+bad update), and its logged float metrics after that step are nan. Only the loss is
+watched: an update that makes the parameters non-finite on a finite loss is applied,
+and shows at the next update's loss (or in ``finish``'s results, e.g. a final loss).
 The other members compute exactly what they would without it (vmap's lanes are
 independent), and the sweep goes on. :func:`diverged_members` lists the marked ones for a summary.
 
-Loss curves: the metrics of updates ``log_every, 2 log_every, ...`` are kept per
-member in the state carried through the scan (and saved with it), and returned as
-``curves``.
+Loss curves: each segment's scan returns every update's metrics; the host keeps those of
+updates ``log_every, 2 log_every, ...`` per member (saved with the running state between
+segments) and returns them as ``curves``.
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from jaxmath._checks import check_int
 from jaxmath.run.files import to_json
 from jaxmath.run.mesh import SWEEP_AXIS
 from jaxmath.run.sweep import (
@@ -239,17 +242,6 @@ def _restore(leaves: Sequence[np.ndarray], template: PyTree, sharding: NamedShar
     return jax.tree.unflatten(jax.tree.structure(template), out)
 
 
-def _check_int(value: Any, name: str, minimum: int, allow_none: bool = False) -> int | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
-        raise TypeError(f"{name} must be an int{' or None' if allow_none else ''}, "
-                        f"got {type(value).__name__}")
-    if value < minimum:
-        raise ValueError(f"{name} must be >= {minimum}, got {value}")
-    return int(value)
-
-
 def _check_identity(identity: Any) -> dict | None:
     if identity is None:
         return None
@@ -406,11 +398,12 @@ def train_sweep(init_fn: Callable[[dict[str, Any]], PyTree],
         if not callable(fn):
             raise TypeError(f"{what} must be callable, got {type(fn).__name__}")
     columns, size, names = _check_table(hparams, static)
-    num_steps = _check_int(num_steps, "num_steps", 1)
-    log_every = _check_int(log_every, "log_every", 1)
+    num_steps = check_int(num_steps, "num_steps", 1)
+    log_every = check_int(log_every, "log_every", 1)
     if log_every > num_steps:
         raise ValueError(f"log_every must be <= num_steps = {num_steps}, got {log_every}")
-    checkpoint_every = _check_int(checkpoint_every, "checkpoint_every", 1, allow_none=True)
+    if checkpoint_every is not None:
+        checkpoint_every = check_int(checkpoint_every, "checkpoint_every", 1)
     checkpoint_every = min(checkpoint_every or num_steps, num_steps)
     if not isinstance(loss, str):
         raise TypeError(f"loss must be a metric name (str), got {type(loss).__name__}")
